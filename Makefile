@@ -1,0 +1,51 @@
+# two-tower-recall: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RECALL := $(VENV)/bin/recall
+DATA ?= data
+NAME ?= ml-100k-listwise
+SPLIT ?= leave-last-out
+LOSS ?= listwise
+SEED ?= 0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data train index serve run test test-fast lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv and install the project with its pinned dependencies
+
+data: venv ## fetch MovieLens-100K into data/ml-100k
+	$(RECALL) data fetch --dataset ml-100k --dir $(DATA)
+
+train: data ## train on ml-100k (SPLIT, LOSS, SEED, NAME) and print the metrics table
+	$(RECALL) train --config configs/ml-100k.toml --split $(SPLIT) --loss $(LOSS) --seed $(SEED) --out artifacts/$(NAME)
+
+run: train ## the whole job: venv, data, training (then index and service)
+
+test: venv ## install what the tests need, then run the whole suite
+	$(PY) -m pytest
+
+test-fast: venv ## the suite without the slow tests
+	$(PY) -m pytest -m "not slow"
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean: ## remove artifacts, snapshots and caches (keeps data/ and .venv/)
+	rm -rf artifacts snapshots .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,138 @@
+"""Non-neural baselines scored by the same evaluator: most popular, item-KNN and EASE.
+
+`train` is the matrix a baseline is fitted on; `profile` holds each user's known items fed in
+at scoring time (train for validation, train + valid for test). Both are [n_users, n_items].
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.evaluate import Scorer
+
+
+class MostPopular:
+    """Scores every item by its number of training interactions, the same for every user."""
+
+    def __init__(self, train: sp.csr_matrix) -> None:
+        counts = np.bincount(sp.csr_matrix(train).indices, minlength=train.shape[1])
+        self.item_counts = counts.astype(np.float32)
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """Item counts broadcast to float32 [len(users), n_items]."""
+        return np.tile(self.item_counts, (len(users), 1))
+
+
+class ItemKNN:
+    """Item-based collaborative filtering with cosine similarity over training columns.
+
+    similarity[i, j] = <x_i, x_j> / (|x_i| |x_j| + shrink), self-similarity 0; each target item j
+    keeps its k most similar items i. score = profile[users] @ similarity.
+    """
+
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        profile: sp.csr_matrix,
+        k: int = 100,
+        shrink: float = 0.0,
+        block_size: int = 1024,
+    ) -> None:
+        _check_shapes(train, profile)
+        if k < 1 or shrink < 0:
+            raise ValueError(f"ItemKNN needs k >= 1 and shrink >= 0, got k={k}, shrink={shrink}")
+        self.profile = sp.csr_matrix(profile)
+        self.similarity = _cosine_top_k(
+            sp.csc_matrix(train, dtype=np.float64), k, shrink, block_size
+        )
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """Summed similarity of each item to the user's profile items, float32 [b, n_items]."""
+        return (self.profile[users] @ self.similarity).toarray().astype(np.float32)
+
+
+def _cosine_top_k(columns: sp.csc_matrix, k: int, shrink: float, block_size: int) -> sp.csr_matrix:
+    """Sparse [n_items, n_items] cosine similarity keeping the top k rows of every column."""
+    n_items = columns.shape[1]
+    norms = np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0)).ravel())
+    gram_left = columns.T.tocsr()
+    rows, cols, values = [], [], []
+    # Column blocks bound memory to n_items x block_size dense floats.
+    for start in range(0, n_items, block_size):
+        stop = min(start + block_size, n_items)
+        block = (gram_left @ columns[:, start:stop]).toarray()
+        denominator = np.outer(norms, norms[start:stop]) + shrink
+        block = np.divide(block, denominator, out=np.zeros_like(block), where=denominator > 0)
+        block[np.arange(start, stop), np.arange(stop - start)] = 0.0  # an item is not its neighbour
+        if k < n_items:
+            keep = np.argpartition(-block, k - 1, axis=0)[:k]
+        else:
+            keep = np.broadcast_to(np.arange(n_items)[:, None], block.shape)
+        kept = np.take_along_axis(block, keep, axis=0)
+        nonzero = kept > 0
+        rows.append(keep[nonzero])
+        cols.append(np.broadcast_to(np.arange(start, stop), kept.shape)[nonzero])
+        values.append(kept[nonzero])
+    return sp.csr_matrix(
+        (np.concatenate(values).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_items, n_items),
+    )
+
+
+class EASE:
+    """Embarrassingly Shallow Autoencoder (Steck 2019), closed form with a zero diagonal.
+
+    G = X^T X + reg I, P = G^-1, B = -P / diag(P) column-wise, diag(B) = 0.
+    score = profile[users] @ B. B is dense, so n_items is capped by `max_items`.
+    """
+
+    def __init__(
+        self,
+        train: sp.csr_matrix,
+        profile: sp.csr_matrix,
+        reg: float = 250.0,
+        max_items: int = 20_000,
+    ) -> None:
+        _check_shapes(train, profile)
+        n_items = train.shape[1]
+        if n_items > max_items:
+            gib = n_items * n_items * 8 * 2 / 2**30
+            raise ValueError(
+                f"EASE inverts a dense {n_items}x{n_items} matrix (~{gib:.1f} GiB in float64), "
+                f"above max_items={max_items}; use ItemKNN or raise max_items if memory allows"
+            )
+        if reg <= 0:
+            raise ValueError(f"EASE needs reg > 0 for X^T X + reg I to be invertible, got {reg}")
+        matrix = sp.csr_matrix(train, dtype=np.float64)
+        gram = (matrix.T @ matrix).toarray()
+        gram[np.diag_indices(n_items)] += reg
+        precision = np.linalg.inv(gram)
+        weights = precision / -np.diag(precision)  # divides column j by P_jj
+        weights[np.diag_indices(n_items)] = 0.0
+        self.weights = weights.astype(np.float32)
+        self.profile = sp.csr_matrix(profile, dtype=np.float32)
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """profile[users] @ B, float32 [b, n_items]."""
+        return np.asarray(self.profile[users] @ self.weights, dtype=np.float32)
+
+
+def _check_shapes(train: sp.csr_matrix, profile: sp.csr_matrix) -> None:
+    if train.shape[1] != profile.shape[1]:
+        raise ValueError(
+            f"train has {train.shape[1]} items but profile has {profile.shape[1]}; "
+            "build both over the same item index"
+        )
+
+
+BASELINES: dict[str, Callable[[sp.csr_matrix, sp.csr_matrix], Scorer]] = {
+    "most-popular": lambda train, profile: MostPopular(train),
+    "itemknn": ItemKNN,
+    "ease": EASE,
+}
+
+
+def build_baselines(train: sp.csr_matrix, profile: sp.csr_matrix) -> dict[str, Scorer]:
+    """Every baseline in BASELINES fitted on `train`, scoring from `profile`, by name."""
+    return {name: build(train, profile) for name, build in BASELINES.items()}

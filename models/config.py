@@ -1,0 +1,104 @@
+"""Training configuration: one TOML file per dataset (features, model, training knobs)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from models.features import FeatureConfigError, FeatureDef
+from models.two_tower import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Knobs of the training loop (loss, optimiser, negatives, stopping)."""
+
+    loss: str = "listwise"
+    epochs: int = 40
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    patience: int = 4
+    metric: str = "recall@10"  # early-stopping metric on the validation split
+    num_negatives: int = 3  # pointwise / pairwise negatives per positive
+    margin: float = 0.2  # pairwise-hinge
+    sampled_negatives: int = 0  # listwise: extra shared negatives per batch
+    sampler: str = "popularity"  # uniform | popularity (sampled negatives)
+    log_q: bool = True  # listwise logQ correction
+    hard_negatives: int = 0  # listwise: per-row hard negatives mined from the current model
+    hard_skip_top: int = 10
+    remove_accidental_hits: bool = True
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainSettings:
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"[train] has unknown keys {sorted(unknown)}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs, read from ``configs/<dataset>.toml``."""
+
+    dataset: str
+    data_dir: str
+    user_features: list[FeatureDef]
+    item_features: list[FeatureDef]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def __post_init__(self) -> None:
+        for side, feats in (("user", self.user_features), ("item", self.item_features)):
+            ids = [f for f in feats if f.kind == "id"]
+            if len(ids) != 1:
+                raise FeatureConfigError(f"{side}_features needs exactly one feature of kind 'id'")
+            names = [f.name for f in feats]
+            if len(set(names)) != len(names):
+                raise FeatureConfigError(f"{side}_features has duplicate names: {names}")
+        if any(f.kind == "history" for f in self.item_features):
+            raise FeatureConfigError("history is a user feature; remove it from item_features")
+
+    def with_train(self, **changes: Any) -> TrainConfig:
+        """A copy with some training knobs changed (command-line overrides)."""
+        kept = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, train=replace(self.train, **kept))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "user_features": [asdict(f) for f in self.user_features],
+            "item_features": [asdict(f) for f in self.item_features],
+            "model": self.model.to_dict(),
+            "train": asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        dataset = raw.get("dataset", {})
+        if isinstance(dataset, str):  # the JSON form stored in artifacts
+            dataset = {"name": dataset, "dir": raw.get("data_dir", "")}
+        return cls(
+            dataset=dataset["name"],
+            data_dir=dataset.get("dir", f"data/{dataset['name']}"),
+            user_features=[FeatureDef.from_dict(f) for f in raw["user_features"]],
+            item_features=[FeatureDef.from_dict(f) for f in raw["item_features"]],
+            model=ModelConfig.from_dict(raw.get("model", {})),
+            train=TrainSettings.from_dict(raw.get("train", {})),
+        )
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Parse a TOML training config; errors name the file."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+        return TrainConfig.from_dict(raw)
+    except FileNotFoundError:
+        raise
+    except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as exc:
+        raise FeatureConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,159 @@
+"""Retrieval losses over tower outputs (L2-normalised embeddings, never raw features).
+
+Shapes: `user_vectors` and `pos_vectors` are `[batch, dim]`, per-row negatives are
+`[batch, num_negatives, dim]`. Scores are dot products, i.e. cosines for unit vectors.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("pointwise", "pairwise-hinge", "pairwise-logistic", "listwise")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+
+
+def _check_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+
+
+def _triplet_scores(
+    user_vectors: Tensor, pos_vectors: Tensor, neg_vectors: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Dot scores of each user with its positive `[batch]` and its negatives `[batch, n]`."""
+    if user_vectors.dim() != 2:
+        raise ValueError(f"user_vectors must be [batch, dim], got {list(user_vectors.shape)}")
+    batch, dim = user_vectors.shape
+    _check_shape("pos_vectors", pos_vectors, (batch, dim))
+    if neg_vectors.dim() != 3 or neg_vectors.shape[0] != batch or neg_vectors.shape[2] != dim:
+        raise ValueError(
+            f"neg_vectors must be [batch={batch}, num_negatives, dim={dim}], "
+            f"got {list(neg_vectors.shape)}"
+        )
+    pos_scores = (user_vectors * pos_vectors).sum(dim=-1)
+    neg_scores = torch.einsum("bd,bnd->bn", user_vectors, neg_vectors)
+    return pos_scores, neg_scores
+
+
+def pointwise_bce(
+    user_vectors: Tensor, pos_vectors: Tensor, neg_vectors: Tensor, temperature: float
+) -> Tensor:
+    """Mean binary cross-entropy over all `batch * (1 + n)` labelled pairs, logits = dot / T."""
+    _check_temperature(temperature)
+    pos_scores, neg_scores = _triplet_scores(user_vectors, pos_vectors, neg_vectors)
+    logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / temperature
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def pairwise_hinge(
+    user_vectors: Tensor, pos_vectors: Tensor, neg_vectors: Tensor, margin: float = 0.2
+) -> Tensor:
+    """Mean over `batch * n` pairs of `relu(margin - s_pos + s_neg)`, s = cosine."""
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number, got {margin}")
+    pos_scores, neg_scores = _triplet_scores(user_vectors, pos_vectors, neg_vectors)
+    return F.relu(margin - pos_scores.unsqueeze(1) + neg_scores).mean()
+
+
+def pairwise_logistic(
+    user_vectors: Tensor, pos_vectors: Tensor, neg_vectors: Tensor, temperature: float
+) -> Tensor:
+    """Mean over `batch * n` pairs of `softplus(-(s_pos - s_neg) / T)` (BPR with temperature)."""
+    _check_temperature(temperature)
+    pos_scores, neg_scores = _triplet_scores(user_vectors, pos_vectors, neg_vectors)
+    return F.softplus(-(pos_scores.unsqueeze(1) - neg_scores) / temperature).mean()
+
+
+def _log_q_offset(name: str, log_q: Tensor | None, size: int, like: Tensor) -> Tensor:
+    """`log_q` as a `[1, size]` row to subtract from a logit block (zeros when not given)."""
+    if log_q is None:
+        return like.new_zeros(1, size)
+    _check_shape(name, log_q, (size,))
+    return log_q.to(like.dtype).unsqueeze(0)
+
+
+def _check_candidates(
+    name: str, vectors: Tensor, rows: Tensor | None, shape: str, ok: bool, remove_hits: bool
+) -> None:
+    """Validate a candidate block (`ok` says its shape matches `shape`) and its item rows."""
+    if not ok:
+        raise ValueError(f"{name}_vectors must be {shape}, got {list(vectors.shape)}")
+    if rows is None:
+        if remove_hits:
+            raise ValueError(
+                f"{name}_item_rows is needed to remove accidental hits: pass it, "
+                "or set remove_accidental_hits=False"
+            )
+        return
+    _check_shape(f"{name}_item_rows", rows, tuple(vectors.shape[:-1]))
+
+
+def sampled_softmax(
+    user_vectors: Tensor,
+    pos_vectors: Tensor,
+    pos_item_rows: Tensor,
+    temperature: float,
+    pos_log_q: Tensor | None = None,
+    neg_vectors: Tensor | None = None,
+    neg_item_rows: Tensor | None = None,
+    neg_log_q: Tensor | None = None,
+    hard_vectors: Tensor | None = None,
+    hard_item_rows: Tensor | None = None,
+    remove_accidental_hits: bool = True,
+) -> Tensor:
+    """Mean softmax cross-entropy of each row's positive against all candidate columns.
+
+    Columns: the batch's positives `[batch]` (in-batch negatives), optional shared sampled
+    negatives `neg_vectors [m, dim]`, optional per-row hard negatives `hard_vectors
+    [batch, h, dim]`. Logits are `dot / T - log_q` where log_q is given (logQ correction,
+    Yi et al. 2019, applied after the temperature as in TFRS); hard negatives get no
+    correction. Row i's target is column i. With `remove_accidental_hits`, any other column
+    holding row i's positive item is masked out; this needs the item rows of every block.
+    """
+    _check_temperature(temperature)
+    if user_vectors.dim() != 2:
+        raise ValueError(f"user_vectors must be [batch, dim], got {list(user_vectors.shape)}")
+    batch, dim = user_vectors.shape
+    _check_shape("pos_vectors", pos_vectors, (batch, dim))
+    _check_shape("pos_item_rows", pos_item_rows, (batch,))
+    if neg_vectors is None and (neg_item_rows is not None or neg_log_q is not None):
+        raise ValueError("neg_item_rows / neg_log_q given without neg_vectors: pass all or none")
+    if hard_vectors is None and hard_item_rows is not None:
+        raise ValueError("hard_item_rows given without hard_vectors: pass both or neither")
+
+    in_batch = user_vectors @ pos_vectors.T / temperature
+    logit_blocks = [in_batch - _log_q_offset("pos_log_q", pos_log_q, batch, in_batch)]
+    column_rows = [pos_item_rows.unsqueeze(0).expand(batch, batch)]
+    if neg_vectors is not None:
+        ok = neg_vectors.dim() == 2 and neg_vectors.shape[1] == dim
+        shape = f"[m, dim={dim}]"
+        _check_candidates("neg", neg_vectors, neg_item_rows, shape, ok, remove_accidental_hits)
+        shared = user_vectors @ neg_vectors.T / temperature
+        shared_log_q = _log_q_offset("neg_log_q", neg_log_q, len(neg_vectors), shared)
+        logit_blocks.append(shared - shared_log_q)
+        if neg_item_rows is not None:
+            column_rows.append(neg_item_rows.unsqueeze(0).expand(batch, -1))
+    if hard_vectors is not None:
+        ok = hard_vectors.dim() == 3 and hard_vectors.shape[::2] == (batch, dim)
+        shape = f"[batch={batch}, h, dim={dim}]"
+        _check_candidates("hard", hard_vectors, hard_item_rows, shape, ok, remove_accidental_hits)
+        logit_blocks.append(torch.einsum("bd,bhd->bh", user_vectors, hard_vectors) / temperature)
+        if hard_item_rows is not None:
+            column_rows.append(hard_item_rows)
+
+    logits = torch.cat(logit_blocks, dim=1)
+    if remove_accidental_hits:
+        hits = torch.cat(column_rows, dim=1) == pos_item_rows.unsqueeze(1)
+        hits[:, :batch].fill_diagonal_(False)  # the target column is never a hit
+        # A large finite negative rather than -inf keeps softmax gradients finite.
+        logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min / 2)
+    targets = torch.arange(batch, device=logits.device)
+    return F.cross_entropy(logits, targets)

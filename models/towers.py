@@ -1,0 +1,73 @@
+"""Tower: embeddings of one side's features -> concat -> MLP -> L2-normalised vector."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.features import UNKNOWN, FeatureSpec
+
+
+class Tower(nn.Module):
+    """One side of the two-tower model.
+
+    ``forward`` takes the encoded features of a batch (see ``models.features``) and returns
+    unit vectors ``[batch, out_dim]``.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        hidden: list[int],
+        out_dim: int,
+        dropout: float = 0.0,
+        id_dropout: float = 0.0,
+        item_vocab_size: int = 0,
+        history_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.id_dropout = id_dropout
+        self.history_dropout = history_dropout
+        self.embeddings = nn.ModuleDict()
+        width = 0
+        for feature in spec.features:
+            if feature.kind == "numeric":
+                width += 2
+                continue
+            rows = spec.cardinality(feature, item_vocab_size)
+            dim = spec.dims[feature.name]
+            pad = 0 if feature.kind in ("multi_hot", "history") else None
+            self.embeddings[feature.name] = nn.Embedding(rows, dim, padding_idx=pad)
+            nn.init.normal_(self.embeddings[feature.name].weight, std=0.05)
+            width += dim
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, out_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        parts = []
+        for feature in self.spec.features:
+            value = inputs[feature.name]
+            if feature.kind == "numeric":
+                parts.append(value.float())
+                continue
+            table = self.embeddings[feature.name]
+            if feature.kind in ("multi_hot", "history"):
+                if feature.kind == "history" and self.training and self.history_dropout > 0:
+                    drop = torch.rand(value.shape[0], 1, device=value.device) < self.history_dropout
+                    value = value.masked_fill(drop, UNKNOWN)
+                mask = (value != UNKNOWN).unsqueeze(-1).float()
+                summed = (table(value) * mask).sum(1)
+                parts.append(summed / mask.sum(1).clamp(min=1.0))
+                continue
+            if feature.kind == "id" and self.training and self.id_dropout > 0:
+                drop = torch.rand(value.shape, device=value.device) < self.id_dropout
+                value = value.masked_fill(drop, UNKNOWN)
+            parts.append(table(value))
+        return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)

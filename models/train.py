@@ -1,0 +1,185 @@
+"""The training loop: batches of (user, positive item) with the chosen loss, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from models import losses
+from models.config import TrainSettings
+from models.encoding import EncodedData, Histories
+from models.sampling import PopularitySampler, UniformSampler, hard_negatives, in_batch_log_q
+from models.two_tower import TwoTower
+
+log = logging.getLogger(__name__)
+
+
+def gather(features: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, Tensor]:
+    """Rows of encoded features as tensors."""
+    return {name: torch.from_numpy(values[rows]) for name, values in features.items()}
+
+
+@dataclass
+class Inputs:
+    """Everything the towers read for a set of users: encoded features plus histories."""
+
+    data: EncodedData
+    histories: Histories
+    history_features: list[tuple[str, int]]  # (feature name, max_len)
+
+    def users(self, rows: np.ndarray, entries: np.ndarray | None = None) -> dict[str, Tensor]:
+        """User inputs; history before each sequence entry, or the latest when ``entries`` is None."""
+        out = gather(self.data.user_features, rows)
+        for name, max_len in self.history_features:
+            if entries is None:
+                tokens = self.histories.latest(rows, max_len, self.data.item_tokens)
+            else:
+                tokens = self.histories.before(entries, max_len, self.data.item_tokens)
+            out[name] = torch.from_numpy(tokens)
+        return out
+
+    def items(self, rows: np.ndarray | Tensor) -> dict[str, Tensor]:
+        return gather(self.data.item_features, np.asarray(rows))
+
+
+@torch.no_grad()
+def all_item_vectors(model: TwoTower, inputs: Inputs, batch: int = 8192) -> Tensor:
+    """Item vectors of the whole catalogue ``[n_items, dim]``."""
+    model.eval()
+    rows = np.arange(inputs.data.n_items)
+    parts = [model.item_vectors(inputs.items(rows[i : i + batch])) for i in range(0, len(rows), batch)]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def user_vectors(model: TwoTower, inputs: Inputs, rows: np.ndarray, batch: int = 4096) -> Tensor:
+    """User vectors from features and latest history ``[len(rows), dim]``."""
+    model.eval()
+    parts = [model.user_vectors(inputs.users(rows[i : i + batch])) for i in range(0, len(rows), batch)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.config.dim)
+
+
+class TwoTowerTrainTask:
+    """Turns one batch of training entries into a loss value for the configured loss."""
+
+    def __init__(self, model: TwoTower, inputs: Inputs, settings: TrainSettings, seed: int):
+        self.model, self.inputs, self.settings = model, inputs, settings
+        data = inputs.data
+        train_items = data.inter_items[inputs.histories.source_rows]
+        self.counts = torch.from_numpy(np.bincount(train_items, minlength=data.n_items)).float()
+        self.generator = torch.Generator().manual_seed(seed)
+        if settings.sampler == "uniform":
+            self.sampler: UniformSampler | PopularitySampler = UniformSampler(
+                data.n_items, self.generator
+            )
+        else:
+            self.sampler = PopularitySampler(self.counts + 1.0, 0.75, self.generator)
+        self.item_cache: Tensor | None = None  # for hard negatives, refreshed every epoch
+        self.user_positives = [
+            torch.from_numpy(np.unique(train_items[s:e]))
+            for s, e in zip(inputs.histories.offsets[:-1], inputs.histories.offsets[1:], strict=True)
+        ]
+
+    def loss(self, entries: np.ndarray) -> Tensor:
+        s, h = self.settings, self.inputs.histories
+        users = self.inputs.data.inter_users[h.source_rows[entries]]
+        pos_rows = h.items[entries]
+        user_vecs = self.model.user_vectors(self.inputs.users(users, entries))
+        pos_vecs = self.model.item_vectors(self.inputs.items(pos_rows))
+        temperature = self.model.config.temperature
+        if s.loss != "listwise":
+            neg_rows, _ = self.sampler.sample(len(entries) * s.num_negatives)
+            neg_vecs = self.model.item_vectors(self.inputs.items(neg_rows.numpy()))
+            neg_vecs = neg_vecs.view(len(entries), s.num_negatives, -1)
+            if s.loss == "pointwise":
+                return losses.pointwise_bce(user_vecs, pos_vecs, neg_vecs, temperature)
+            if s.loss == "pairwise-hinge":
+                return losses.pairwise_hinge(user_vecs, pos_vecs, neg_vecs, s.margin)
+            return losses.pairwise_logistic(user_vecs, pos_vecs, neg_vecs, temperature)
+        pos_t = torch.from_numpy(pos_rows)
+        kwargs: dict[str, Tensor | None] = {}
+        if s.log_q:
+            kwargs["pos_log_q"] = in_batch_log_q(self.counts, pos_t)
+        if s.sampled_negatives:
+            neg_rows, neg_log_q = self.sampler.sample(s.sampled_negatives)
+            kwargs["neg_vectors"] = self.model.item_vectors(self.inputs.items(neg_rows.numpy()))
+            kwargs["neg_item_rows"] = neg_rows
+            kwargs["neg_log_q"] = neg_log_q if s.log_q else None
+        if s.hard_negatives and self.item_cache is not None:
+            positives = [self.user_positives[u] for u in users]
+            hard = hard_negatives(
+                user_vecs.detach(), self.item_cache, positives, s.hard_negatives,
+                s.hard_skip_top, self.generator,
+            )
+            hard_vecs = self.model.item_vectors(self.inputs.items(hard.reshape(-1).numpy()))
+            kwargs["hard_vectors"] = hard_vecs.view(len(entries), s.hard_negatives, -1)
+            kwargs["hard_item_rows"] = hard
+        return losses.sampled_softmax(
+            user_vecs, pos_vecs, pos_t, temperature,
+            remove_accidental_hits=s.remove_accidental_hits, **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class TrainResult:
+    model: TwoTower
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+
+
+def train_model(
+    model: TwoTower,
+    inputs: Inputs,
+    settings: TrainSettings,
+    validate: Callable[[TwoTower], dict[str, float]],
+    progress: bool = True,
+) -> TrainResult:
+    """Train with early stopping on ``validate(model)[settings.metric]``; returns the best model."""
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    task = TwoTowerTrainTask(model, inputs, settings, settings.seed)
+    optimiser = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    entries = np.arange(len(inputs.histories.items))
+    result = TrainResult(model)
+    best_state, stale = copy.deepcopy(model.state_dict()), 0
+    bar = tqdm(range(1, settings.epochs + 1), desc=f"train {settings.loss}", disable=not progress)
+    for epoch in bar:
+        if settings.hard_negatives and epoch > 1:
+            task.item_cache = all_item_vectors(model, inputs)
+        model.train()
+        order = rng.permutation(entries)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), settings.batch_size):
+            loss = task.loss(order[start : start + settings.batch_size])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total, batches = total + loss.item(), batches + 1
+        metrics = validate(model)
+        row = {"epoch": float(epoch), "loss": total / max(batches, 1)}
+        row.update({f"valid_{k}": v for k, v in metrics.items()})
+        result.history.append(row)
+        score = metrics[settings.metric]
+        bar.set_postfix(loss=f"{row['loss']:.4f}", **{settings.metric: f"{score:.4f}"})
+        log.info("epoch %d loss %.4f valid %s %.4f", epoch, row["loss"], settings.metric, score)
+        if score > result.best_metric:
+            result.best_metric, result.best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return result

@@ -1,0 +1,68 @@
+"""TwoTower: a user tower and an item tower that meet only at a cosine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from models.features import FeatureSpec
+from models.towers import Tower
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture numbers; stored in every artifact so nothing downstream restates them."""
+
+    hidden: list[int] = field(default_factory=lambda: [256])
+    dim: int = 64
+    temperature: float = 0.05
+    dropout: float = 0.0
+    id_dropout: float = 0.1
+    history_dropout: float = 0.0  # training only: drop a user's whole history with this probability
+    embedding_scale: float = 8.0  # auto embedding size = scale * cardinality ** 0.25 ...
+    embedding_max: int = 64  # ... clamped to [4, embedding_max]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"[model] has unknown keys {sorted(unknown)}")
+        return cls(**raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TwoTower(nn.Module):
+    """User tower + item tower; ``score`` = cosine / temperature."""
+
+    def __init__(self, config: ModelConfig, user_spec: FeatureSpec, item_spec: FeatureSpec):
+        super().__init__()
+        self.config = config
+        item_vocab = len(item_spec.vocabs.get("item_id", {}))
+        self.user_tower = Tower(
+            user_spec,
+            config.hidden,
+            config.dim,
+            config.dropout,
+            config.id_dropout,
+            item_vocab_size=item_vocab,
+            history_dropout=config.history_dropout,
+        )
+        self.item_tower = Tower(
+            item_spec, config.hidden, config.dim, config.dropout, config.id_dropout
+        )
+
+    def user_vectors(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Encoded user features -> unit vectors ``[batch, dim]``."""
+        return self.user_tower(inputs)
+
+    def item_vectors(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Encoded item features -> unit vectors ``[batch, dim]``."""
+        return self.item_tower(inputs)
+
+    def score(self, user_vectors: Tensor, item_vectors: Tensor) -> Tensor:
+        """``[B, D] x [N, D] -> [B, N]`` cosine / temperature."""
+        return user_vectors @ item_vectors.T / self.config.temperature

@@ -1,0 +1,42 @@
+"""`recall` command line: each program registers its own subcommands here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# Programs that contribute subcommands; a missing one is skipped so each can ship alone.
+PROGRAMS = ("models.cli", "index_builder.cli", "service.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recall", description="Two-tower recall: train, build index snapshots, serve."
+    )
+    parser.add_argument("--log-level", default=os.environ.get("RECALL_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in PROGRAMS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
