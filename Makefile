@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train index serve run test test-fast lint bench clean
+.PHONY: help venv data train index serve run test test-fast lint docker-lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -34,7 +34,16 @@ data: venv ## fetch MovieLens-100K into data/ml-100k
 train: data ## train on ml-100k (SPLIT, LOSS, SEED, NAME) and print the metrics table
 	$(RECALL) train --config configs/ml-100k.toml --split $(SPLIT) --loss $(LOSS) --seed $(SEED) --out artifacts/$(NAME)
 
-run: train ## the whole job: venv, data, training (then index and service)
+index: venv ## build a snapshot from artifacts/$(NAME) into snapshots/
+	$(RECALL) build-index --artifact artifacts/$(NAME) --snapshots snapshots
+
+serve: venv ## serve snapshots/ on $(HOST):$(PORT) (docs at /docs)
+	$(RECALL) serve --snapshots snapshots --host $(HOST) --port $(PORT)
+
+run: ## the whole job: venv, data, training, index, then the service on $(HOST):$(PORT)
+	$(MAKE) train
+	$(MAKE) index
+	$(MAKE) serve
 
 test: venv ## install what the tests need, then run the whole suite
 	$(PY) -m pytest
@@ -46,6 +55,11 @@ lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+docker-lint: venv ## static checks of Dockerfile (hadolint) and docker-compose.yml (docker-compose config)
+	$(VENV)/bin/hadolint Dockerfile
+	docker-compose config -q
+	docker-compose --profile batch config -q
 
 clean: ## remove artifacts, snapshots and caches (keeps data/ and .venv/)
 	rm -rf artifacts snapshots .pytest_cache .mypy_cache .ruff_cache

@@ -27,9 +27,11 @@ class TrainSettings:
     sampled_negatives: int = 0  # listwise: extra shared negatives per batch
     sampler: str = "popularity"  # uniform | popularity (sampled negatives)
     log_q: bool = True  # listwise logQ correction
+    log_q_weight: float = 1.0  # scale of the correction (1 = the unbiased full-softmax estimate)
     hard_negatives: int = 0  # listwise: per-row hard negatives mined from the current model
     hard_skip_top: int = 10
     remove_accidental_hits: bool = True
+    mask_known_positives: bool = True  # listwise: a user's other training items are not negatives
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 

@@ -108,6 +108,7 @@ def sampled_softmax(
     hard_vectors: Tensor | None = None,
     hard_item_rows: Tensor | None = None,
     remove_accidental_hits: bool = True,
+    negative_mask: Tensor | None = None,
 ) -> Tensor:
     """Mean softmax cross-entropy of each row's positive against all candidate columns.
 
@@ -117,6 +118,8 @@ def sampled_softmax(
     Yi et al. 2019, applied after the temperature as in TFRS); hard negatives get no
     correction. Row i's target is column i. With `remove_accidental_hits`, any other column
     holding row i's positive item is masked out; this needs the item rows of every block.
+    `negative_mask [batch, columns]` (bool) masks further columns, e.g. other items the row's
+    user is known to like; the target column is never masked.
     """
     _check_temperature(temperature)
     if user_vectors.dim() != 2:
@@ -150,8 +153,13 @@ def sampled_softmax(
             column_rows.append(hard_item_rows)
 
     logits = torch.cat(logit_blocks, dim=1)
+    hits = torch.zeros_like(logits, dtype=torch.bool)
     if remove_accidental_hits:
-        hits = torch.cat(column_rows, dim=1) == pos_item_rows.unsqueeze(1)
+        hits |= torch.cat(column_rows, dim=1) == pos_item_rows.unsqueeze(1)
+    if negative_mask is not None:
+        _check_shape("negative_mask", negative_mask, tuple(logits.shape))
+        hits |= negative_mask
+    if remove_accidental_hits or negative_mask is not None:
         hits[:, :batch].fill_diagonal_(False)  # the target column is never a hit
         # A large finite negative rather than -inf keeps softmax gradients finite.
         logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min / 2)

@@ -42,7 +42,7 @@ class Tower(nn.Module):
             self.embeddings[feature.name] = nn.Embedding(rows, dim, padding_idx=pad)
             nn.init.normal_(self.embeddings[feature.name].weight, std=0.05)
             width += dim
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Dropout(dropout)]  # on the concatenated embeddings too
         for size in hidden:
             layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
             width = size

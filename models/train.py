@@ -83,6 +83,8 @@ class TwoTowerTrainTask:
         else:
             self.sampler = PopularitySampler(self.counts + 1.0, 0.75, self.generator)
         self.item_cache: Tensor | None = None  # for hard negatives, refreshed every epoch
+        users = data.inter_users[inputs.histories.source_rows]
+        self.known_keys = np.unique(users * data.n_items + train_items)  # sorted (user, item) keys
         self.user_positives = [
             torch.from_numpy(np.unique(train_items[s:e]))
             for s, e in zip(inputs.histories.offsets[:-1], inputs.histories.offsets[1:], strict=True)
@@ -107,12 +109,12 @@ class TwoTowerTrainTask:
         pos_t = torch.from_numpy(pos_rows)
         kwargs: dict[str, Tensor | None] = {}
         if s.log_q:
-            kwargs["pos_log_q"] = in_batch_log_q(self.counts, pos_t)
+            kwargs["pos_log_q"] = s.log_q_weight * in_batch_log_q(self.counts, pos_t)
         if s.sampled_negatives:
             neg_rows, neg_log_q = self.sampler.sample(s.sampled_negatives)
             kwargs["neg_vectors"] = self.model.item_vectors(self.inputs.items(neg_rows.numpy()))
             kwargs["neg_item_rows"] = neg_rows
-            kwargs["neg_log_q"] = neg_log_q if s.log_q else None
+            kwargs["neg_log_q"] = s.log_q_weight * neg_log_q if s.log_q else None
         if s.hard_negatives and self.item_cache is not None:
             positives = [self.user_positives[u] for u in users]
             hard = hard_negatives(
@@ -122,10 +124,23 @@ class TwoTowerTrainTask:
             hard_vecs = self.model.item_vectors(self.inputs.items(hard.reshape(-1).numpy()))
             kwargs["hard_vectors"] = hard_vecs.view(len(entries), s.hard_negatives, -1)
             kwargs["hard_item_rows"] = hard
+        mask = None
+        if s.mask_known_positives:
+            columns = [pos_rows] + ([kwargs["neg_item_rows"].numpy()] if s.sampled_negatives else [])
+            mask = self._known(users, np.concatenate(columns))
+            if "hard_vectors" in kwargs:  # mined hard negatives already skip known positives
+                mask = torch.cat([mask, torch.zeros(len(users), s.hard_negatives, dtype=torch.bool)], 1)
         return losses.sampled_softmax(
             user_vecs, pos_vecs, pos_t, temperature,
-            remove_accidental_hits=s.remove_accidental_hits, **kwargs,  # type: ignore[arg-type]
+            remove_accidental_hits=s.remove_accidental_hits, negative_mask=mask,
+            **kwargs,  # type: ignore[arg-type]
         )
+
+    def _known(self, users: np.ndarray, item_rows: np.ndarray) -> Tensor:
+        """``[len(users), len(item_rows)]``: whether each user has each item in training."""
+        keys = users[:, None] * self.inputs.data.n_items + item_rows[None, :]
+        where = np.searchsorted(self.known_keys, keys).clip(max=len(self.known_keys) - 1)
+        return torch.from_numpy(self.known_keys[where] == keys)
 
 
 @dataclass

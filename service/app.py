@@ -1,0 +1,78 @@
+"""create_app(settings): the FastAPI factory. Nothing happens at import time.
+
+The lifespan sets thread counts, opens the user-vector cache (Redis when ``RECALL_REDIS_URL``
+is set, else in-process), loads the newest loadable snapshot, and closes the cache on
+shutdown. Handlers reach everything through ``request.state.services`` (``service.state``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import faiss
+import torch
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service import errors
+from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
+from service.holder import SnapshotHolder
+from service.metrics import Metrics, RequestMiddleware
+from service.recaller import Recaller
+from service.routes import admin, health, recall
+from service.settings import Settings, load_settings
+from service.state import Services
+
+log = logging.getLogger(__name__)
+
+
+def open_cache(settings: Settings, metrics: Metrics) -> EmbeddingCache:
+    """Redis when a URL is configured, else an in-process LRU."""
+    if settings.redis_url is None:
+        log.info("RECALL_REDIS_URL unset: user vectors cached in process")
+        return LocalEmbeddingCache(settings.cache.local_max_entries)
+    return RedisEmbeddingCache.from_url(
+        settings.redis_url.get_secret_value(),
+        settings.redis,
+        on_error=lambda operation: metrics.cache_errors.labels(operation).inc(),
+    )
+
+
+def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastAPI:
+    """The service app. ``cache`` replaces the configured one (tests pass their own)."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Services]]:
+        threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+        torch.set_num_threads(settings.threads.torch)
+        faiss.omp_set_num_threads(settings.threads.faiss)
+        opened = cache if cache is not None else open_cache(settings, metrics)
+        try:
+            holder = SnapshotHolder(settings.snapshots, metrics)
+            await run_in_threadpool(holder.load_newest)
+            recaller = Recaller(opened, metrics, settings.cache)
+            yield {"services": Services(settings, holder, opened, recaller, metrics)}
+        finally:
+            opened.close()
+            torch.set_num_threads(threads[0])  # process-wide; give back what we found
+            faiss.omp_set_num_threads(threads[1])
+
+    app = FastAPI(
+        title="two-tower recall",
+        summary="Top-K candidate items for a user from a two-tower model and a FAISS index",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(RequestMiddleware, metrics=metrics)
+    app.include_router(health.router(metrics))
+    app.include_router(recall.router(settings.limits))
+    app.include_router(admin.router(settings))
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory service.app:app_from_env``: settings from the environment."""
+    return create_app(load_settings())

@@ -1,0 +1,192 @@
+"""RecallEngine: one loaded snapshot, ready to embed users, search, filter and over-fetch.
+
+An engine never changes after construction; a reload builds a new one and swaps it in
+(``service.holder``), so a request that took an engine finishes on it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from index_builder.snapshot import LoadedSnapshot
+from service.errors import ServiceError
+from service.schemas import RecallRequest
+from service.users import UserEncoder, UserQuery
+
+Filter = tuple[tuple[str, tuple[str, ...]], ...]  # hashable form of a request's filter
+# A filter keeping at most this many items is scored exactly over those items: an ANN
+# over-fetch for a selective filter would have to search most of the catalogue.
+EXACT_FILTER_MAX = 50_000
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    mask: np.ndarray  # [I] bool, read-only: items the filter keeps
+    rows: np.ndarray  # [matches] int64, the same items as rows
+
+    @property
+    def matches(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class Candidates:
+    rows: np.ndarray  # [n <= k] int64 item rows, best first
+    scores: np.ndarray  # [n] float32
+
+
+class RecallEngine:
+    """Search and filtering over one snapshot's index; users via ``UserEncoder``."""
+
+    def __init__(self, snapshot: LoadedSnapshot, exact_filter_max: int = EXACT_FILTER_MAX):
+        self.snapshot = snapshot
+        self.exact_filter_max = exact_filter_max
+        self.version = snapshot.version
+        self.index = snapshot.index
+        self.users = UserEncoder(snapshot)
+        self.n_items = int(self.index.ntotal)
+        popularity = snapshot.popularity
+        self.popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
+        self.top_popularity = max(int(popularity.max()) if len(popularity) else 0, 1)
+        self._filters = functools.lru_cache(maxsize=256)(self._build_filter)
+
+    def resolve(self, request: RecallRequest) -> UserQuery:
+        return self.users.resolve(request)
+
+    def embed(self, queries: list[UserQuery]) -> np.ndarray:
+        """Unit user vectors ``[len(queries), dim]`` float32."""
+        return self.users.embed(queries)
+
+    def item_filter(self, spec: dict[str, list[str]] | None) -> ItemFilter | None:
+        """Items having, for every named attribute, any of the given values (cached)."""
+        if not spec:
+            return None
+        return self._filters(tuple(sorted((k, tuple(sorted(set(v)))) for k, v in spec.items())))
+
+    def _build_filter(self, spec: Filter) -> ItemFilter:
+        mask = np.ones(self.n_items, dtype=bool)
+        attributes = self.snapshot.item_attributes
+        for name, values in spec:
+            column = attributes.get(name)
+            if column is None:
+                raise ServiceError(
+                    "unknown_filter",
+                    f"filter.{name}: not a filterable attribute; use one of {sorted(attributes)}",
+                )
+            vocab = self.snapshot.artifact.item_spec.vocabs.get(name, {})
+            tokens = [vocab[value] for value in values if value in vocab]
+            if not tokens:
+                raise ServiceError(
+                    "unknown_filter",
+                    f"filter.{name}: no item has any of {list(values)}; values are "
+                    "case-sensitive, e.g. 'Comedy'",
+                )
+            hit = np.isin(column, tokens)
+            mask &= hit.reshape(len(hit), -1).any(axis=1)
+        mask.setflags(write=False)
+        rows = np.flatnonzero(mask).astype(np.int64)
+        rows.setflags(write=False)
+        return ItemFilter(mask, rows)
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        ks: list[int],
+        excluded: list[np.ndarray],
+        filters: list[ItemFilter | None],
+    ) -> list[Candidates]:
+        """Top ``ks[i]`` items for each of ``vectors`` ``[B, dim]``, without ``excluded[i]``
+        rows and keeping only ``filters[i]``.
+
+        Over-fetches (k + excluded, scaled up by the filter's selectivity) and doubles the
+        fetch until k items survive or the whole catalogue has been searched. A selective
+        filter (at most ``exact_filter_max`` items) is scored exactly over its items instead.
+        """
+        out: list[Candidates | None] = [None] * len(ks)
+        pending = []
+        for i, item_filter in enumerate(filters):
+            if item_filter is not None and item_filter.matches <= self.exact_filter_max:
+                out[i] = self._exact(vectors[i], ks[i], excluded[i], item_filter)
+            else:
+                pending.append(i)
+        fetch = [
+            self._first_fetch(k, len(e), f) for k, e, f in zip(ks, excluded, filters, strict=True)
+        ]
+        while pending:
+            size = max(fetch[i] for i in pending)
+            scores, rows = self.index.search(np.ascontiguousarray(vectors[pending]), size)
+            still = []
+            for j, i in enumerate(pending):
+                keep = self._keep(rows[j], excluded[i], filters[i])
+                if int(keep.sum()) >= ks[i] or size >= self.n_items:
+                    out[i] = Candidates(rows[j][keep][: ks[i]], scores[j][keep][: ks[i]])
+                else:
+                    fetch[i] = min(self.n_items, size * 2)
+                    still.append(i)
+            pending = still
+        return [c if c is not None else _empty() for c in out]
+
+    def _exact(
+        self, vector: np.ndarray, k: int, excluded: np.ndarray, item_filter: ItemFilter
+    ) -> Candidates:
+        rows = item_filter.rows
+        if len(excluded):
+            rows = rows[~np.isin(rows, excluded)]
+        if not len(rows):
+            return _empty()
+        scores = self.index.reconstruct_batch(rows) @ vector
+        best = np.argsort(-scores, kind="stable")[:k]
+        return Candidates(rows[best], scores[best].astype(np.float32))
+
+    def _first_fetch(self, k: int, n_excluded: int, item_filter: ItemFilter | None) -> int:
+        if self.n_items == 0:
+            return 1
+        want = k + n_excluded
+        if item_filter is not None:
+            want = int(want * self.n_items / max(item_filter.matches, 1))
+        return max(1, min(self.n_items, want))
+
+    @staticmethod
+    def _keep(rows: np.ndarray, excluded: np.ndarray, item_filter: ItemFilter | None) -> np.ndarray:
+        keep = rows >= 0
+        if len(excluded):
+            keep &= ~np.isin(rows, excluded)
+        if item_filter is not None:
+            keep &= item_filter.mask[np.where(keep, rows, 0)]
+        return keep
+
+    def popular(self, k: int, excluded: np.ndarray, item_filter: ItemFilter | None) -> Candidates:
+        """The most popular items (score: popularity / top popularity), for unusable users."""
+        rows = self.popular_rows
+        if item_filter is None:
+            rows = rows[: k + len(excluded)]  # enough survive whatever is excluded
+        rows = rows[self._keep(rows, excluded, item_filter)][:k]
+        scores = self.snapshot.popularity[rows] / self.top_popularity
+        return Candidates(rows, scores.astype(np.float32))
+
+    def similar(self, item_id: str, k: int) -> Candidates:
+        """Items nearest to ``item_id``'s vector, the item itself left out."""
+        row = self.snapshot.item_row.get(item_id)
+        if row is None:
+            raise ServiceError("not_found", f"item {item_id!r} is not in snapshot {self.version}")
+        vector = self.snapshot.item_vector(row)[None, :]
+        return self.search(vector, [k], [np.array([row], dtype=np.int64)], [None])[0]
+
+    def items(self, found: Candidates) -> list[dict[str, object]]:
+        """``[{item_id, score}]`` best first, for the response."""
+        ids = self.snapshot.item_ids[found.rows].tolist()
+        scores = found.scores.astype(np.float64).round(6).tolist()
+        return [{"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)]
+
+    def warm_up(self) -> None:
+        """One user-tower forward and one search, so the first request pays no lazy setup."""
+        vectors = self.embed([self.resolve(RecallRequest())])
+        if self.n_items:
+            self.index.search(vectors, min(10, self.n_items))
+
+
+def _empty() -> Candidates:
+    return Candidates(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))

@@ -1,0 +1,156 @@
+"""SnapshotHolder: the one mutable reference to the engine being served, and reloads.
+
+Handlers read ``holder.current`` once into a local, so a request finishes on the engine it
+started with. A reload loads and verifies a snapshot, warms it up, and only then swaps the
+reference; any failure leaves the old engine serving. One reload or rollback at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from index_builder.snapshot import (
+    SnapshotError,
+    check_version,
+    list_snapshots,
+    load_snapshot,
+    newest_valid,
+)
+from service.engine import RecallEngine
+from service.errors import ServiceError
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Swap:
+    changed: bool
+    current: str | None
+    previous: str | None
+    message: str
+
+
+class SnapshotHolder:
+    """Current and previous engines over the snapshots under ``root``."""
+
+    def __init__(self, root: Path, metrics: Metrics):
+        self.root, self.metrics = Path(root), metrics
+        self.current: RecallEngine | None = None
+        self.previous: RecallEngine | None = None
+        self._lock = threading.Lock()
+
+    def require(self) -> RecallEngine:
+        """The engine to serve this request with; ``no_snapshot`` (503) when none is loaded."""
+        engine = self.current
+        if engine is None:
+            raise ServiceError(
+                "no_snapshot",
+                f"no snapshot loaded from {self.root}: build one with `recall build-index`, "
+                "then POST /admin/reload",
+            )
+        return engine
+
+    def load_newest(self) -> str | None:
+        """Start-up: serve the newest snapshot that loads, skipping corrupt ones."""
+        with self._lock:
+            for status in list_snapshots(self.root, verify=False):
+                if status.status != "valid":
+                    log.warning("skipping snapshot %s: %s", status.version, status.problem)
+                    continue
+                try:
+                    engine = self._load(status.version)
+                except ServiceError as exc:
+                    log.warning("skipping snapshot %s: %s", status.version, exc.message)
+                    continue
+                self._swap(engine)
+                return engine.version
+        log.warning("no loadable snapshot under %s; recall answers 503 until a reload", self.root)
+        return None
+
+    def reload(self, version: str | None = None) -> Swap:
+        """Serve ``version`` (default: the newest valid one); blocking, call it off the loop."""
+        with self._lock:
+            try:
+                version = check_version(version) if version is not None else self._newest()
+            except SnapshotError as exc:
+                raise self._failed(ServiceError.from_snapshot(exc)) from exc
+            current = self.current
+            if current is not None and current.version == version:
+                return self._state(False, f"snapshot {version} is already being served")
+            try:
+                engine = self._load(version)
+            except ServiceError as exc:
+                raise self._failed(exc) from exc
+            self._swap(engine)
+            return self._state(True, f"now serving {version}")
+
+    def rollback(self) -> Swap:
+        """Serve the previous engine again (the current one becomes previous)."""
+        with self._lock:
+            target = self.previous
+            if target is None:
+                raise self._failed(
+                    ServiceError(
+                        "no_previous_snapshot", "nothing to roll back to: no snapshot was replaced"
+                    )
+                )
+            self._swap(target)
+            return self._state(True, f"rolled back to {target.version}")
+
+    def _newest(self) -> str:
+        version = newest_valid(self.root)
+        if version is None:
+            raise ServiceError(
+                "snapshot_not_found",
+                f"no valid snapshot under {self.root}; build one with `recall build-index`",
+            )
+        return version
+
+    def _load(self, version: str) -> RecallEngine:
+        started = time.perf_counter()
+        try:
+            snapshot = load_snapshot(self.root, version)
+        except SnapshotError as exc:
+            raise ServiceError.from_snapshot(exc) from exc
+        except Exception as exc:
+            log.exception("loading snapshot %s failed", version)
+            raise ServiceError("load_failed", f"snapshot {version} failed to load: {exc}") from exc
+        engine = RecallEngine(snapshot)
+        try:
+            engine.warm_up()
+        except Exception as exc:
+            log.exception("warming up snapshot %s failed", version)
+            raise ServiceError(
+                "warmup_failed", f"snapshot {version} failed warm-up: {exc}"
+            ) from exc
+        log.info("snapshot %s loaded in %.2fs", version, time.perf_counter() - started)
+        return engine
+
+    def _swap(self, engine: RecallEngine) -> None:
+        self.previous, self.current = self.current, engine
+        self.metrics.snapshot.info({"version": engine.version})
+        self.metrics.reloads.inc()
+        log.info(
+            "serving snapshot %s (previous %s)",
+            engine.version,
+            self.previous.version if self.previous else None,
+        )
+
+    def _failed(self, exc: ServiceError) -> ServiceError:
+        self.metrics.reload_failures.labels(exc.code).inc()
+        log.info("reload refused (%s): %s", exc.code, exc.message)
+        return exc
+
+    def _state(self, changed: bool, message: str) -> Swap:
+        current, previous = self.current, self.previous
+        return Swap(
+            changed,
+            current.version if current else None,
+            previous.version if previous else None,
+            message,
+        )

@@ -1,0 +1,90 @@
+"""Prometheus metrics in a per-app registry, and the middleware that times every request.
+
+The middleware is also the catch-all: an exception no handler took is logged with its stack
+and answered ``internal`` in the one error body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_response
+
+log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    """All of the service's metrics, registered in their own ``CollectorRegistry``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "recall_http_request_duration_seconds", "Request latency by route template",
+            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.cache_hits = Counter(
+            "recall_cache_hits", "User vectors read from the cache", registry=r
+        )
+        self.cache_misses = Counter("recall_cache_misses", "User vectors not cached", registry=r)
+        self.cache_errors = Counter(
+            "recall_cache_errors", "Cache operations that failed (fails open)", ["operation"],
+            registry=r,
+        )  # fmt: skip
+        self.user_source = Counter(
+            "recall_user_vectors", "User vectors by source", ["source"], registry=r
+        )
+        self.snapshot = Info("recall_snapshot", "Snapshot being served", registry=r)
+        self.reloads = Counter("recall_reloads", "Snapshot swaps (reload and rollback)", registry=r)
+        self.reload_failures = Counter(
+            "recall_reload_failures", "Reloads refused, by failed check", ["code"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMiddleware:
+    """Times each HTTP request by route template and status; logs one line at debug."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await error_response("internal", "internal error; see the service log")(
+                scope, receive, watch
+            )
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request_seconds.labels(scope["method"], route, str(status)).observe(
+                elapsed
+            )
+            log.debug(
+                "request method=%s route=%s path=%s status=%d ms=%.2f",
+                scope["method"], route, scope["path"], status, elapsed * 1000,
+            )  # fmt: skip

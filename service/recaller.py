@@ -1,0 +1,130 @@
+"""Answer recall requests on one engine: cached or computed user vectors, then search.
+
+Cache key: ``{prefix}:{version}:{user_id or "-"}:{inputs hash}`` where the hash covers what
+the vector was made from (user id, features, history); the version keeps vectors of two
+models apart. Value: the vector's float32 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.cache import EmbeddingCache
+from service.engine import Candidates, ItemFilter, RecallEngine
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.schemas import RecallRequest
+from service.settings import CacheSettings
+from service.users import UserQuery
+
+
+def cache_key(prefix: str, version: str, request: RecallRequest) -> str:
+    inputs = {"user_id": request.user_id, "features": request.features, "history": request.history}
+    digest = hashlib.blake2b(orjson.dumps(inputs, option=orjson.OPT_SORT_KEYS), digest_size=8)
+    return f"{prefix}:{version}:{request.user_id or '-'}:{digest.hexdigest()}"
+
+
+class Recaller:
+    """Per-app glue between the engine, the user-vector cache and the metrics."""
+
+    def __init__(self, cache: EmbeddingCache, metrics: Metrics, settings: CacheSettings):
+        self.cache, self.metrics, self.settings = cache, metrics, settings
+
+    def recall(
+        self, engine: RecallEngine, requests: Sequence[RecallRequest], batch: bool = False
+    ) -> list[dict[str, Any]]:
+        """One response body per request, in order. ``batch`` prefixes error paths."""
+        started = time.perf_counter()
+        queries, filters = [], []
+        for position, request in enumerate(requests):
+            try:
+                queries.append(engine.resolve(request))
+                filters.append(engine.item_filter(request.filter))
+            except ServiceError as exc:
+                where = f"body.requests.{position}." if batch else "body."
+                raise ServiceError(exc.code, where + exc.message) from exc
+        usable = [i for i, q in enumerate(queries) if q.usable]
+        vectors, sources = self._vectors(
+            engine, [requests[i] for i in usable], [queries[i] for i in usable]
+        )
+        excluded = [self._excluded(engine, r, q) for r, q in zip(requests, queries, strict=True)]
+        found: list[Candidates | None] = [None] * len(requests)
+        searched = engine.search(
+            vectors,
+            [requests[i].k for i in usable],
+            [excluded[i] for i in usable],
+            [filters[i] for i in usable],
+        )
+        for i, candidates in zip(usable, searched, strict=True):
+            found[i] = candidates
+        source_of = dict(zip(usable, sources, strict=True))
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        bodies = []
+        for i, request in enumerate(requests):
+            source = source_of.get(i, "fallback")
+            got = found[i]
+            if got is None:  # nothing to build a vector from: the most popular items
+                got = engine.popular(request.k, excluded[i], filters[i])
+            self.metrics.user_source.labels(source).inc()
+            body: dict[str, Any] = {
+                "snapshot": engine.version,
+                "items": engine.items(got),
+                "user": {"known": queries[i].known, "source": source},
+                "took_ms": took_ms,
+            }
+            if request.explain:
+                body["explain"] = self._explain(queries[i], excluded[i], filters[i])
+            bodies.append(body)
+        return bodies
+
+    def _vectors(
+        self, engine: RecallEngine, requests: list[RecallRequest], queries: list[UserQuery]
+    ) -> tuple[np.ndarray, list[str]]:
+        """``[len(queries), dim]`` vectors from the cache where present, else the tower."""
+        dim = int(engine.index.d)
+        vectors = np.zeros((len(queries), dim), dtype=np.float32)
+        if not queries:
+            return vectors, []
+        keys = [cache_key(self.settings.key_prefix, engine.version, r) for r in requests]
+        cached = self.cache.get_many(keys)
+        sources, missing = [], []
+        for i, blob in enumerate(cached):
+            if blob is not None and len(blob) == dim * 4:
+                vectors[i] = np.frombuffer(blob, dtype=np.float32)
+                sources.append("cache")
+            else:
+                missing.append(i)
+                sources.append("computed")
+        self.metrics.cache_hits.inc(len(queries) - len(missing))
+        self.metrics.cache_misses.inc(len(missing))
+        if missing:
+            computed = engine.embed([queries[i] for i in missing])
+            vectors[missing] = computed
+            fresh = {keys[i]: computed[j].tobytes() for j, i in enumerate(missing)}
+            self.cache.set_many(fresh, self.settings.ttl_s)
+        return vectors, sources
+
+    @staticmethod
+    def _excluded(engine: RecallEngine, request: RecallRequest, query: UserQuery) -> np.ndarray:
+        rows = [query.seen] if request.exclude_seen else []
+        if request.exclude_item_ids:
+            item_row = engine.snapshot.item_row
+            extra = [item_row[i] for i in request.exclude_item_ids if i in item_row]
+            rows.append(np.array(extra, dtype=np.int64))
+        return np.unique(np.concatenate(rows)) if rows else np.empty(0, dtype=np.int64)
+
+    @staticmethod
+    def _explain(
+        query: UserQuery, excluded: np.ndarray, item_filter: ItemFilter | None
+    ) -> dict[str, Any]:
+        return {
+            **query.explain,
+            "excluded_items": len(excluded),
+            "filter_matches": item_filter.matches if item_filter is not None else None,
+        }

@@ -1,0 +1,63 @@
+"""/v1 routes: recall, batch recall, similar items.
+
+No postponed annotations here: the body schemas are built per app from the limits, so the
+endpoints are defined inside ``router`` and FastAPI reads their annotations as objects.
+Handlers are plain functions (run in the threadpool): the user tower and FAISS block.
+"""
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from service.errors import JSONBody
+from service.schemas import (
+    BatchRecallRequest,
+    BatchRecallResponse,
+    ErrorBody,
+    RecallRequest,
+    RecallResponse,
+    SimilarResponse,
+    request_schemas,
+)
+from service.settings import Limits
+from service.state import Services, services
+
+ERRORS = {status: {"model": ErrorBody} for status in (404, 422, 503)}
+
+
+def router(limits: Limits) -> APIRouter:
+    recall_body, batch_body = request_schemas(limits)
+    api = APIRouter(prefix="/v1", tags=["recall"], responses=ERRORS)  # type: ignore[arg-type]
+    State = Annotated[Services, Depends(services)]
+
+    @api.post("/recall", response_model=RecallResponse)
+    def recall(body: recall_body, state: State) -> JSONBody:  # type: ignore[valid-type]
+        """Top-K items for one user (known id, features, history, or popularity fallback)."""
+        request: RecallRequest = body
+        engine = state.holder.require()
+        return JSONBody(state.recaller.recall(engine, [request])[0])
+
+    @api.post("/recall/batch", response_model=BatchRecallResponse)
+    def recall_batch(body: batch_body, state: State) -> JSONBody:  # type: ignore[valid-type]
+        """Several recall requests in one call; results in the same order."""
+        batch: BatchRecallRequest = body
+        engine = state.holder.require()
+        return JSONBody({"results": state.recaller.recall(engine, batch.requests, batch=True)})
+
+    @api.get("/items/{item_id}/similar", response_model=SimilarResponse)
+    def similar(
+        item_id: Annotated[str, Path(min_length=1, max_length=limits.max_string_length)],
+        state: State,
+        k: Annotated[int, Query(ge=1, le=limits.max_k)] = limits.default_k,
+    ) -> JSONBody:
+        """Items nearest to an item's vector in the same index (the item itself left out)."""
+        started = time.perf_counter()
+        engine = state.holder.require()
+        items = engine.items(engine.similar(item_id, k))
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        return JSONBody(
+            {"snapshot": engine.version, "item_id": item_id, "items": items, "took_ms": took_ms}
+        )
+
+    return api

@@ -1,0 +1,154 @@
+"""Every knob of the online service, read from ``RECALL_*`` environment variables or ``.env``.
+
+Nested groups use ``__``: ``RECALL_LIMITS__MAX_K=500``. Each knob is documented in
+``.env.example``. ``load_settings`` turns a validation failure into one message per bad
+variable that says what to change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RECALL_"
+OTHER_ENV = {"RECALL_LOG_LEVEL"}  # read by the `recall` entry point, not by the service
+
+
+class Limits(BaseModel):
+    """Request limits; past one a request answers 422 naming the field."""
+
+    model_config = {"extra": "forbid"}
+
+    max_k: int = Field(default=1000, ge=1, le=100_000)
+    default_k: int = Field(default=100, ge=1)
+    max_batch: int = Field(default=64, ge=1, le=10_000)
+    max_history: int = Field(default=500, ge=0, le=100_000)
+    max_exclude: int = Field(default=1000, ge=0, le=100_000)
+    max_features: int = Field(default=32, ge=0, le=1000)
+    max_list_values: int = Field(default=64, ge=1, le=10_000)
+    max_string_length: int = Field(default=256, ge=8, le=65_536)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Limits:
+        if self.default_k > self.max_k:
+            raise ValueError(
+                f"default_k {self.default_k} is above max_k {self.max_k}: "
+                "lower RECALL_LIMITS__DEFAULT_K or raise RECALL_LIMITS__MAX_K"
+            )
+        return self
+
+
+class RedisSettings(BaseModel):
+    """Redis client behaviour (the URL itself is ``RECALL_REDIS_URL``)."""
+
+    model_config = {"extra": "forbid"}
+
+    socket_timeout_ms: int = Field(default=50, ge=1, le=1000)
+    connect_timeout_ms: int = Field(default=50, ge=1, le=1000)
+    retries: int = Field(default=1, ge=0, le=5)
+    max_connections: int = Field(default=64, ge=1, le=10_000)
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open it")
+    breaker_cooldown_s: float = Field(default=5.0, gt=0, le=3600, description="open -> half-open")
+
+
+class CacheSettings(BaseModel):
+    """User-vector cache: key prefix, TTL, and the in-process LRU used without Redis."""
+
+    model_config = {"extra": "forbid"}
+
+    ttl_s: int = Field(default=3600, ge=1, le=30 * 86_400)
+    key_prefix: str = Field(default="recall:uvec", min_length=1, max_length=64)
+    local_max_entries: int = Field(default=100_000, ge=0)
+
+
+class ThreadSettings(BaseModel):
+    """CPU threads per process; one query is small, so more threads mostly add overhead."""
+
+    model_config = {"extra": "forbid"}
+
+    torch: int = Field(default=1, ge=1, le=256)
+    faiss: int = Field(default=1, ge=1, le=256)
+
+
+class Settings(BaseSettings):
+    """The service's one configuration object, passed to ``create_app``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    snapshots: Path = Path("snapshots")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    admin_token: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
+    limits: Limits = Limits()
+    threads: ThreadSettings = ThreadSettings()
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_strong_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or token.get_secret_value() == "":
+            return None  # empty means admin routes off, as unset does
+        if len(token.get_secret_value()) < 16:
+            raise ValueError(
+                "use at least 16 characters, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return token
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None or url.get_secret_value() == "":
+            return None  # empty means no Redis: in-process cache
+        if not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class SettingsInvalidError(ValueError):
+    """Settings that cannot start the service; the message lists what to change."""
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    """``("limits", "max_k")`` -> ``RECALL_LIMITS__MAX_K``."""
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and ``.env``), then ``overrides`` (e.g. CLI flags).
+
+    Raises ``SettingsInvalidError`` naming each bad or unknown ``RECALL_*`` variable.
+    """
+    known = {env_name((name,)) for name in Settings.model_fields} | OTHER_ENV
+    groups = {name for name, field in Settings.model_fields.items() if _is_group(field.annotation)}
+    unknown = [
+        key
+        for key in os.environ
+        if key.startswith(ENV_PREFIX)
+        and key not in known
+        and not any(key.startswith(env_name((group,)) + "__") for group in groups)
+    ]
+    problems = [f"{key}: not a setting; see .env.example for the names" for key in unknown]
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems += [f"{env_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        settings = None
+    if problems or settings is None:
+        raise SettingsInvalidError("invalid settings:\n  " + "\n  ".join(problems))
+    return settings
+
+
+def _is_group(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

@@ -1,0 +1,30 @@
+"""Services: what the handlers of one app share, built in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from service.cache import EmbeddingCache
+from service.holder import SnapshotHolder
+from service.metrics import Metrics
+from service.recaller import Recaller
+from service.settings import Settings
+
+
+@dataclass
+class Services:
+    """One per app; the holder inside is the only thing a reload changes."""
+
+    settings: Settings
+    holder: SnapshotHolder
+    cache: EmbeddingCache
+    recaller: Recaller
+    metrics: Metrics
+
+
+async def services(request: Request) -> Services:
+    """FastAPI dependency: this app's services (from the lifespan state)."""
+    found: Services = request.state.services
+    return found

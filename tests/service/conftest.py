@@ -1,0 +1,50 @@
+"""Fixtures of the service tests: two snapshots of a tiny model, apps and clients over them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from index_builder.snapshot import LoadedSnapshot, load_snapshot
+from service.app import create_app
+from service.cache import LocalEmbeddingCache
+from service.settings import Settings
+from tests.service.client import AppClient
+from tests.service.fixtures import ADMIN_TOKEN, no_recall_env, shared_snapshots
+
+__all__ = ["no_recall_env"]  # autouse: settings come from the tests, not RECALL_* vars
+
+
+@pytest.fixture(scope="session")
+def snapshots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """(root, [older version, newer version]); read-only, copy before changing files."""
+    return shared_snapshots(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def newest(snapshots: tuple[Path, list[str]]) -> LoadedSnapshot:
+    """The snapshot an app over the shared root serves, loaded for use as an oracle."""
+    root, versions = snapshots
+    return load_snapshot(root, versions[-1])
+
+
+def make_settings(root: Path, **overrides: Any) -> Settings:
+    """Test settings: no .env file, admin token set, in-process cache unless overridden."""
+    values: dict[str, Any] = {"snapshots": root, "admin_token": ADMIN_TOKEN, "redis_url": None}
+    return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def client(snapshots: tuple[Path, list[str]]) -> Iterator[AppClient]:
+    """A client of an app over the shared snapshots, with an in-process cache."""
+    app = create_app(make_settings(snapshots[0]), cache=LocalEmbeddingCache())
+    with AppClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
