@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from models.features import FeatureConfigError, FeatureDef
+from models.losses import LOSSES
 from models.two_tower import ModelConfig
+
+SAMPLERS = ("uniform", "popularity")
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,16 @@ class TrainSettings:
     hard_skip_top: int = 10
     remove_accidental_hits: bool = True
     mask_known_positives: bool = True  # listwise: a user's other training items are not negatives
+    refit: bool = True  # after early stopping, retrain on train + valid for the best epoch count
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        # A typo would otherwise silently train another loss or sampler.
+        if self.loss not in LOSSES:
+            raise ValueError(f"[train] loss {self.loss!r} is not one of {LOSSES}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"[train] sampler {self.sampler!r} is not one of {SAMPLERS}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainSettings:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ import torch
 from models.artifact import Artifact, load_artifact, save_artifact, warm_start
 from models.baselines import EASE, ItemKNN, MostPopular
 from models.config import TrainConfig
-from models.data import Split, load_dataset, make_split
+from models.data import RawDataset, Split, load_dataset, make_split
 from models.encoding import EncodedData, Histories, encode_dataset, fit_specs
 from models.evaluate import evaluate, interaction_matrix
+from models.features import FeatureSpec
 from models.plots import plot_recall_curve, plot_training_curve
 from models.train import Inputs, all_item_vectors, train_model, user_vectors
 from models.two_tower import TwoTower
@@ -60,6 +61,31 @@ def model_metrics(model: TwoTower, inputs: Inputs, truth: sp.csr_matrix, exclude
     return evaluate(scorer, truth, exclude)
 
 
+@dataclass
+class Fitted:
+    """Specs, encoded data, model and inputs fitted on one set of training rows."""
+
+    user_spec: FeatureSpec
+    item_spec: FeatureSpec
+    data: EncodedData
+    model: TwoTower
+    inputs: Inputs
+
+
+def fit_on(
+    config: TrainConfig, dataset: RawDataset, split: Split, rows: np.ndarray, init_from: Path | None
+) -> Fitted:
+    """Fit vocabularies on ``rows`` and build a fresh (or warm-started) model for them."""
+    torch.manual_seed(config.train.seed)
+    user_spec, item_spec = fit_specs(config, dataset, replace(split, train=rows))
+    data = encode_dataset(dataset, user_spec, item_spec)
+    model = TwoTower(config.model, user_spec, item_spec)
+    if init_from is not None:
+        warm_start(model, load_artifact(init_from))
+    history_feats = [(f.name, f.max_len) for f in user_spec.of_kind("history")]
+    return Fitted(user_spec, item_spec, data, model, Inputs(data, Histories.build(data, rows), history_feats))
+
+
 def run_training(
     config: TrainConfig,
     protocol: str,
@@ -68,38 +94,43 @@ def run_training(
     init_from: Path | None = None,
     progress: bool = True,
 ) -> Artifact:
-    """Train on ``protocol``'s split, evaluate on its test part with baselines, save the artifact."""
+    """Train on ``protocol``'s split, evaluate on its test part with baselines, save the artifact.
+
+    Early stopping on the validation part picks the number of epochs; with ``refit`` (the
+    default) the model is then trained again from the same seed on train + valid for that
+    many epochs, so that it sees what the baselines see when scoring the test part.
+    """
     if protocol not in TEMPORAL_PROTOCOLS and any(f.kind == "history" for f in config.user_features):
         log.info("protocol %s is not time-ordered: the history feature is left out", protocol)
         config = replace(config, user_features=[f for f in config.user_features if f.kind != "history"])
     settings = config.train
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
     data_dir = Path(data_dir or config.data_dir)
     dataset = load_dataset(data_dir, config.dataset)
     split = make_split(dataset.interactions, protocol, settings.seed)
-    user_spec, item_spec = fit_specs(config, dataset, split)
-    data = encode_dataset(dataset, user_spec, item_spec)
-    model = TwoTower(config.model, user_spec, item_spec)
-    if init_from is not None:
-        warm_start(model, load_artifact(init_from))
-    history_feats = [(f.name, f.max_len) for f in user_spec.of_kind("history")]
-    train_inputs = Inputs(data, Histories.build(data, split.train), history_feats)
-    train_m, valid_m, test_m = (_matrix(data, r) for r in (split.train, split.valid, split.test))
+    fitted = fit_on(config, dataset, split, split.train, init_from)
+    train_m, valid_m = (_matrix(fitted.data, r) for r in (split.train, split.valid))
 
     def validate(m: TwoTower) -> dict[str, float]:
-        return model_metrics(m, train_inputs, valid_m, train_m)
+        return model_metrics(m, fitted.inputs, valid_m, train_m)
 
-    result = train_model(model, train_inputs, settings, validate, progress=progress)
+    result = train_model(fitted.model, fitted.inputs, settings, validate, progress=progress)
     known = np.concatenate([split.train, split.valid])
-    results = test_results(model, data, split, known, train_m, test_m)
+    if settings.refit and len(split.valid):
+        fitted = fit_on(config, dataset, split, known, init_from)
+        refit = replace(settings, epochs=result.best_epoch)
+        train_model(fitted.model, fitted.inputs, refit, None, progress=progress)
+    known_m, test_m = (_matrix(fitted.data, r) for r in (known, split.test))
+    fit_m = known_m if settings.refit else _matrix(fitted.data, split.train)
+    results = test_results(fitted.model, fitted.data, split, known, fit_m, test_m)
     info = data_info(config, dataset.fingerprint, split, data_dir)
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "seed": settings.seed,
         "loss": settings.loss,
         "best_epoch": result.best_epoch,
+        "refit": bool(settings.refit and len(split.valid)),
         "valid": {settings.metric: result.best_metric},
         "test": results,
     }
@@ -107,7 +138,10 @@ def run_training(
         plots = Path(tmp)
         plot_recall_curve(results, plots / "recall_at_k.png", title=f"{config.dataset} {protocol}")
         plot_training_curve(result.history, plots / "training_curve.png", metric=settings.metric)
-        artifact = Artifact(model, config, user_spec, item_spec, info, metrics, result.history, plots)
+        artifact = Artifact(
+            fitted.model, config, fitted.user_spec, fitted.item_spec, info, metrics,
+            result.history, plots,
+        )
         save_artifact(artifact, out)
     return artifact
 
@@ -120,7 +154,11 @@ def test_results(
     train_m: sp.csr_matrix,
     test_m: sp.csr_matrix,
 ) -> dict[str, dict[str, float]]:
-    """Test metrics of the model and the baselines on the same split and evaluator."""
+    """Test metrics of the model and the baselines on the same split and evaluator.
+
+    Baselines are fitted on ``train_m`` (what the model was trained on) and score users from
+    their ``known`` rows; items in ``known`` are excluded from every ranking.
+    """
     history_feats = [(f.name, f.max_len) for f in model.user_tower.spec.of_kind("history")]
     inputs = Inputs(data, Histories.build(data, known), history_feats)
     profile = _matrix(data, known)

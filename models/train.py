@@ -22,9 +22,11 @@ from models.two_tower import TwoTower
 log = logging.getLogger(__name__)
 
 
-def gather(features: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, Tensor]:
-    """Rows of encoded features as tensors."""
-    return {name: torch.from_numpy(values[rows]) for name, values in features.items()}
+def gather(
+    features: dict[str, np.ndarray], rows: np.ndarray, device: torch.device | str = "cpu"
+) -> dict[str, Tensor]:
+    """Rows of encoded features as tensors on ``device``."""
+    return {name: torch.from_numpy(values[rows]).to(device) for name, values in features.items()}
 
 
 @dataclass
@@ -34,37 +36,38 @@ class Inputs:
     data: EncodedData
     histories: Histories
     history_features: list[tuple[str, int]]  # (feature name, max_len)
+    device: torch.device | str = "cpu"  # where users() and items() put their tensors
 
     def users(self, rows: np.ndarray, entries: np.ndarray | None = None) -> dict[str, Tensor]:
         """User inputs; history before each sequence entry, or the latest when ``entries`` is None."""
-        out = gather(self.data.user_features, rows)
+        out = gather(self.data.user_features, rows, self.device)
         for name, max_len in self.history_features:
             if entries is None:
                 tokens = self.histories.latest(rows, max_len, self.data.item_tokens)
             else:
                 tokens = self.histories.before(entries, max_len, self.data.item_tokens)
-            out[name] = torch.from_numpy(tokens)
+            out[name] = torch.from_numpy(tokens).to(self.device)
         return out
 
     def items(self, rows: np.ndarray | Tensor) -> dict[str, Tensor]:
-        return gather(self.data.item_features, np.asarray(rows))
+        return gather(self.data.item_features, np.asarray(rows), self.device)
 
 
 @torch.no_grad()
 def all_item_vectors(model: TwoTower, inputs: Inputs, batch: int = 8192) -> Tensor:
-    """Item vectors of the whole catalogue ``[n_items, dim]``."""
+    """Item vectors of the whole catalogue ``[n_items, dim]``, on the CPU."""
     model.eval()
     rows = np.arange(inputs.data.n_items)
     parts = [model.item_vectors(inputs.items(rows[i : i + batch])) for i in range(0, len(rows), batch)]
-    return torch.cat(parts)
+    return torch.cat(parts).cpu()
 
 
 @torch.no_grad()
 def user_vectors(model: TwoTower, inputs: Inputs, rows: np.ndarray, batch: int = 4096) -> Tensor:
-    """User vectors from features and latest history ``[len(rows), dim]``."""
+    """User vectors from features and latest history ``[len(rows), dim]``, on the CPU."""
     model.eval()
     parts = [model.user_vectors(inputs.users(rows[i : i + batch])) for i in range(0, len(rows), batch)]
-    return torch.cat(parts) if parts else torch.zeros(0, model.config.dim)
+    return torch.cat(parts).cpu() if parts else torch.zeros(0, model.config.dim)
 
 
 class TwoTowerTrainTask:
@@ -91,7 +94,7 @@ class TwoTowerTrainTask:
         ]
 
     def loss(self, entries: np.ndarray) -> Tensor:
-        s, h = self.settings, self.inputs.histories
+        s, h, device = self.settings, self.inputs.histories, self.inputs.device
         users = self.inputs.data.inter_users[h.source_rows[entries]]
         pos_rows = h.items[entries]
         user_vecs = self.model.user_vectors(self.inputs.users(users, entries))
@@ -106,32 +109,35 @@ class TwoTowerTrainTask:
             if s.loss == "pairwise-hinge":
                 return losses.pairwise_hinge(user_vecs, pos_vecs, neg_vecs, s.margin)
             return losses.pairwise_logistic(user_vecs, pos_vecs, neg_vecs, temperature)
+        # Samplers, counts and known-positive keys live on the CPU; what meets vectors moves.
         pos_t = torch.from_numpy(pos_rows)
         kwargs: dict[str, Tensor | None] = {}
+        columns = [pos_rows]
         if s.log_q:
-            kwargs["pos_log_q"] = s.log_q_weight * in_batch_log_q(self.counts, pos_t)
+            kwargs["pos_log_q"] = (s.log_q_weight * in_batch_log_q(self.counts, pos_t)).to(device)
         if s.sampled_negatives:
             neg_rows, neg_log_q = self.sampler.sample(s.sampled_negatives)
+            columns.append(neg_rows.numpy())
             kwargs["neg_vectors"] = self.model.item_vectors(self.inputs.items(neg_rows.numpy()))
-            kwargs["neg_item_rows"] = neg_rows
-            kwargs["neg_log_q"] = s.log_q_weight * neg_log_q if s.log_q else None
+            kwargs["neg_item_rows"] = neg_rows.to(device)
+            kwargs["neg_log_q"] = (s.log_q_weight * neg_log_q).to(device) if s.log_q else None
         if s.hard_negatives and self.item_cache is not None:
             positives = [self.user_positives[u] for u in users]
             hard = hard_negatives(
-                user_vecs.detach(), self.item_cache, positives, s.hard_negatives,
+                user_vecs.detach().cpu(), self.item_cache, positives, s.hard_negatives,
                 s.hard_skip_top, self.generator,
             )
             hard_vecs = self.model.item_vectors(self.inputs.items(hard.reshape(-1).numpy()))
             kwargs["hard_vectors"] = hard_vecs.view(len(entries), s.hard_negatives, -1)
-            kwargs["hard_item_rows"] = hard
+            kwargs["hard_item_rows"] = hard.to(device)
         mask = None
         if s.mask_known_positives:
-            columns = [pos_rows] + ([kwargs["neg_item_rows"].numpy()] if s.sampled_negatives else [])
             mask = self._known(users, np.concatenate(columns))
             if "hard_vectors" in kwargs:  # mined hard negatives already skip known positives
                 mask = torch.cat([mask, torch.zeros(len(users), s.hard_negatives, dtype=torch.bool)], 1)
+            mask = mask.to(device)
         return losses.sampled_softmax(
-            user_vecs, pos_vecs, pos_t, temperature,
+            user_vecs, pos_vecs, pos_t.to(device), temperature,
             remove_accidental_hits=s.remove_accidental_hits, negative_mask=mask,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -155,12 +161,16 @@ def train_model(
     model: TwoTower,
     inputs: Inputs,
     settings: TrainSettings,
-    validate: Callable[[TwoTower], dict[str, float]],
+    validate: Callable[[TwoTower], dict[str, float]] | None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train with early stopping on ``validate(model)[settings.metric]``; returns the best model."""
+    """Train with early stopping on ``validate(model)[settings.metric]``; returns the best model.
+
+    With ``validate=None`` it trains exactly ``settings.epochs`` epochs and keeps the last.
+    """
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
+    model.to(inputs.device)
     task = TwoTowerTrainTask(model, inputs, settings, settings.seed)
     optimiser = torch.optim.Adam(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
@@ -181,8 +191,13 @@ def train_model(
             loss.backward()
             optimiser.step()
             total, batches = total + loss.item(), batches + 1
-        metrics = validate(model)
         row = {"epoch": float(epoch), "loss": total / max(batches, 1)}
+        if validate is None:
+            result.history.append(row)
+            result.best_epoch, best_state = epoch, model.state_dict()
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            continue
+        metrics = validate(model)
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         result.history.append(row)
         score = metrics[settings.metric]

@@ -41,7 +41,8 @@ class TwoTower(nn.Module):
     def __init__(self, config: ModelConfig, user_spec: FeatureSpec, item_spec: FeatureSpec):
         super().__init__()
         self.config = config
-        item_vocab = len(item_spec.vocabs.get("item_id", {}))
+        item_id = item_spec.of_kind("id")[0].name  # whatever the config names it
+        item_vocab = len(item_spec.vocabs.get(item_id, {}))
         self.user_tower = Tower(
             user_spec,
             config.hidden,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
-import sys
+
+from recall.logs import configure
 
 # Programs that contribute subcommands; a missing one is skipped so each can ship alone.
 PROGRAMS = ("models.cli", "index_builder.cli", "service.cli")
@@ -31,11 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-        stream=sys.stderr,
-    )
+    configure(args.log_level)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
