@@ -46,7 +46,10 @@ def main() -> None:
             if not (out / "metrics.json").exists():
                 started = time.perf_counter()
                 run_training(base.with_train(loss=loss, seed=seed), protocol, out, progress=False)
-                print(f"{protocol} {loss} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+                print(
+                    f"{protocol} {loss} seed {seed}: {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
             runs.setdefault((protocol, loss), []).append(
                 json.loads((out / "metrics.json").read_text())["test"]
             )

@@ -69,7 +69,9 @@ def save_artifact(artifact: Artifact, out: Path) -> Path:
     try:
         state = {k: v.detach().contiguous() for k, v in artifact.model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
-        _write_json(tmp / "config.json", {"format_version": FORMAT_VERSION, **artifact.config.to_dict()})
+        _write_json(
+            tmp / "config.json", {"format_version": FORMAT_VERSION, **artifact.config.to_dict()}
+        )
         _write_json(
             tmp / "features.json",
             {"user": artifact.user_spec.to_json(), "item": artifact.item_spec.to_json()},
@@ -98,13 +100,15 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ArtifactInvalidError(f"{path.parent}: missing {path.name}; retrain or copy it") from exc
+        raise ArtifactInvalidError(
+            f"{path.parent}: missing {path.name}; retrain or copy it"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ArtifactInvalidError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def load_artifact(path: Path) -> Artifact:
-    """Load an artifact folder; the model comes back in eval mode, bit-identical to the saved one."""
+    """Load an artifact folder: the model comes back in eval mode, bit-identical to the saved."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactInvalidError(f"{path}: no such artifact folder; run `recall train` first")
@@ -113,7 +117,10 @@ def load_artifact(path: Path) -> Artifact:
         raise ArtifactInvalidError(f"{path}: format_version {raw_config.get('format_version')}")
     config = TrainConfig.from_dict({k: v for k, v in raw_config.items() if k != "format_version"})
     specs = _read_json(path / "features.json")
-    user_spec, item_spec = FeatureSpec.from_json(specs["user"]), FeatureSpec.from_json(specs["item"])
+    user_spec, item_spec = (
+        FeatureSpec.from_json(specs["user"]),
+        FeatureSpec.from_json(specs["item"]),
+    )
     model = TwoTower(config.model, user_spec, item_spec)
     if not (path / WEIGHTS).exists():
         raise ArtifactInvalidError(f"{path}: missing {WEIGHTS}; retrain")

@@ -63,9 +63,7 @@ def _train(args: argparse.Namespace) -> int:
     from models.config import load_config
     from models.experiment import format_table, run_training
 
-    config = load_config(args.config).with_train(
-        loss=args.loss, seed=args.seed, epochs=args.epochs
-    )
+    config = load_config(args.config).with_train(loss=args.loss, seed=args.seed, epochs=args.epochs)
     artifact = run_training(
         config,
         args.split,

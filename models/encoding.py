@@ -62,7 +62,9 @@ def id_feature(spec: FeatureSpec) -> str:
     return spec.of_kind("id")[0].name
 
 
-def fit_specs(config: TrainConfig, dataset: RawDataset, split: Split) -> tuple[FeatureSpec, FeatureSpec]:
+def fit_specs(
+    config: TrainConfig, dataset: RawDataset, split: Split
+) -> tuple[FeatureSpec, FeatureSpec]:
     """Fit vocabularies and normalisers on the training rows only (ids) and the tables."""
     inter = dataset.interactions
     scale, high = config.model.embedding_scale, config.model.embedding_max
@@ -82,7 +84,9 @@ def fit_specs(config: TrainConfig, dataset: RawDataset, split: Split) -> tuple[F
     return user_spec, item_spec
 
 
-def encode_dataset(dataset: RawDataset, user_spec: FeatureSpec, item_spec: FeatureSpec) -> EncodedData:
+def encode_dataset(
+    dataset: RawDataset, user_spec: FeatureSpec, item_spec: FeatureSpec
+) -> EncodedData:
     """Encode every user and catalogue item, and map interactions to rows."""
     inter = dataset.interactions
     user_ids, _ = _rows(dataset.users, "user_id", inter.user_ids)

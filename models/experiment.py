@@ -30,8 +30,17 @@ log = logging.getLogger(__name__)
 # random-811 the test items are scattered in time, so any evaluation-time history would hold items
 # after some test target, which the history feature's definition forbids: it is left out there.
 TEMPORAL_PROTOCOLS = ("leave-last-out", "cold-users")
-TABLE_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "hr@10",
-                 "hr@50", "mrr@10", "coverage@50")
+TABLE_METRICS = (
+    "recall@10",
+    "recall@20",
+    "recall@50",
+    "recall@100",
+    "ndcg@10",
+    "hr@10",
+    "hr@50",
+    "mrr@10",
+    "coverage@50",
+)
 
 
 class VectorScorer:
@@ -52,7 +61,9 @@ def _matrix(data: EncodedData, rows: np.ndarray) -> sp.csr_matrix:
     )
 
 
-def model_metrics(model: TwoTower, inputs: Inputs, truth: sp.csr_matrix, exclude: sp.csr_matrix) -> dict[str, float]:
+def model_metrics(
+    model: TwoTower, inputs: Inputs, truth: sp.csr_matrix, exclude: sp.csr_matrix
+) -> dict[str, float]:
     """Full-ranking metrics of the model for the users that have truth items."""
     rows = np.unique(truth.nonzero()[0])
     scorer = VectorScorer(
@@ -83,7 +94,9 @@ def fit_on(
     if init_from is not None:
         warm_start(model, load_artifact(init_from))
     history_feats = [(f.name, f.max_len) for f in user_spec.of_kind("history")]
-    return Fitted(user_spec, item_spec, data, model, Inputs(data, Histories.build(data, rows), history_feats))
+    return Fitted(
+        user_spec, item_spec, data, model, Inputs(data, Histories.build(data, rows), history_feats)
+    )
 
 
 def run_training(
@@ -100,9 +113,13 @@ def run_training(
     default) the model is then trained again from the same seed on train + valid for that
     many epochs, so that it sees what the baselines see when scoring the test part.
     """
-    if protocol not in TEMPORAL_PROTOCOLS and any(f.kind == "history" for f in config.user_features):
+    if protocol not in TEMPORAL_PROTOCOLS and any(
+        f.kind == "history" for f in config.user_features
+    ):
         log.info("protocol %s is not time-ordered: the history feature is left out", protocol)
-        config = replace(config, user_features=[f for f in config.user_features if f.kind != "history"])
+        config = replace(
+            config, user_features=[f for f in config.user_features if f.kind != "history"]
+        )
     settings = config.train
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -139,8 +156,14 @@ def run_training(
         plot_recall_curve(results, plots / "recall_at_k.png", title=f"{config.dataset} {protocol}")
         plot_training_curve(result.history, plots / "training_curve.png", metric=settings.metric)
         artifact = Artifact(
-            fitted.model, config, fitted.user_spec, fitted.item_spec, info, metrics,
-            result.history, plots,
+            fitted.model,
+            config,
+            fitted.user_spec,
+            fitted.item_spec,
+            info,
+            metrics,
+            result.history,
+            plots,
         )
         save_artifact(artifact, out)
     return artifact
@@ -184,21 +207,25 @@ def data_info(config: TrainConfig, data_fp: str, split: Split, data_dir: Path) -
         "dataset": config.dataset,
         "data_dir": str(data_dir),
         "data_fingerprint": data_fp,
-        "split": {"protocol": split.protocol, "seed": split.seed, "fingerprint": split.fingerprint()},
+        "split": {
+            "protocol": split.protocol,
+            "seed": split.seed,
+            "fingerprint": split.fingerprint(),
+        },
     }
     blob = json.dumps([info, config.to_dict()], sort_keys=True).encode()
     info["artifact_fingerprint"] = hashlib.sha256(blob).hexdigest()[:16]
     return info
 
 
-def format_table(rows: dict[str, dict[str, float]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+def format_table(
+    rows: dict[str, dict[str, float]], metrics: tuple[str, ...] = TABLE_METRICS
+) -> str:
     """A plain-text table: one row per method, one column per metric."""
     width = max(len(name) for name in rows) + 2
     head = "method".ljust(width) + "".join(m.rjust(12) for m in metrics)
     lines = [head, "-" * len(head)]
     for name, values in rows.items():
-        cells = "".join(
-            (f"{values[m]:.4f}" if m in values else "-").rjust(12) for m in metrics
-        )
+        cells = "".join((f"{values[m]:.4f}" if m in values else "-").rjust(12) for m in metrics)
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)

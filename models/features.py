@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -113,7 +113,7 @@ class FeatureSpec:
 
     def fit(
         self,
-        columns: dict[str, Sequence[Any]],
+        columns: Mapping[str, Sequence[Any]],
         ids_seen: Iterable[str] = (),
         scale: float = 8.0,
         item_vocab_size: int = 0,
@@ -160,7 +160,7 @@ class FeatureSpec:
         return raw
 
     def encode(
-        self, columns: dict[str, Sequence[Any]], n: int, item_vocab: dict[str, int] | None = None
+        self, columns: Mapping[str, Sequence[Any]], n: int, item_vocab: dict[str, int] | None = None
     ) -> dict[str, np.ndarray]:
         """Encode ``n`` entities from raw columns (missing columns encode as unknown)."""
         out: dict[str, np.ndarray] = {}
@@ -241,7 +241,7 @@ def _vocab(values: Iterable[str]) -> dict[str, int]:
 
 
 def encode_lists(lists: Iterable[list[int]], n: int, max_len: int) -> np.ndarray:
-    """Pack integer lists into ``[n, max_len]``, left-aligned, zero-padded, keeping the last ones."""
+    """Pack integer lists into ``[n, max_len]``: left-aligned, zero-padded, the last ones kept."""
     out = np.zeros((n, max_len), dtype=np.int64)
     for row, values in enumerate(lists):
         kept = [v for v in values if v != UNKNOWN][-max_len:]

@@ -39,8 +39,12 @@ class Tower(nn.Module):
             rows = spec.cardinality(feature, item_vocab_size)
             dim = spec.dims[feature.name]
             pad = 0 if feature.kind in ("multi_hot", "history") else None
-            self.embeddings[feature.name] = nn.Embedding(rows, dim, padding_idx=pad)
-            nn.init.normal_(self.embeddings[feature.name].weight, std=0.05)
+            table = nn.Embedding(rows, dim, padding_idx=pad)
+            nn.init.normal_(table.weight, std=0.05)
+            if pad is not None:
+                with torch.no_grad():
+                    table.weight[pad].zero_()
+            self.embeddings[feature.name] = table
             width += dim
         layers: list[nn.Module] = [nn.Dropout(dropout)]  # on the concatenated embeddings too
         for size in hidden:

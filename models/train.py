@@ -39,7 +39,7 @@ class Inputs:
     device: torch.device | str = "cpu"  # where users() and items() put their tensors
 
     def users(self, rows: np.ndarray, entries: np.ndarray | None = None) -> dict[str, Tensor]:
-        """User inputs; history before each sequence entry, or the latest when ``entries`` is None."""
+        """User inputs; history before each sequence entry (the latest when ``entries`` is None)."""
         out = gather(self.data.user_features, rows, self.device)
         for name, max_len in self.history_features:
             if entries is None:
@@ -58,7 +58,9 @@ def all_item_vectors(model: TwoTower, inputs: Inputs, batch: int = 8192) -> Tens
     """Item vectors of the whole catalogue ``[n_items, dim]``, on the CPU."""
     model.eval()
     rows = np.arange(inputs.data.n_items)
-    parts = [model.item_vectors(inputs.items(rows[i : i + batch])) for i in range(0, len(rows), batch)]
+    parts = [
+        model.item_vectors(inputs.items(rows[i : i + batch])) for i in range(0, len(rows), batch)
+    ]
     return torch.cat(parts).cpu()
 
 
@@ -66,7 +68,9 @@ def all_item_vectors(model: TwoTower, inputs: Inputs, batch: int = 8192) -> Tens
 def user_vectors(model: TwoTower, inputs: Inputs, rows: np.ndarray, batch: int = 4096) -> Tensor:
     """User vectors from features and latest history ``[len(rows), dim]``, on the CPU."""
     model.eval()
-    parts = [model.user_vectors(inputs.users(rows[i : i + batch])) for i in range(0, len(rows), batch)]
+    parts = [
+        model.user_vectors(inputs.users(rows[i : i + batch])) for i in range(0, len(rows), batch)
+    ]
     return torch.cat(parts).cpu() if parts else torch.zeros(0, model.config.dim)
 
 
@@ -90,7 +94,9 @@ class TwoTowerTrainTask:
         self.known_keys = np.unique(users * data.n_items + train_items)  # sorted (user, item) keys
         self.user_positives = [
             torch.from_numpy(np.unique(train_items[s:e]))
-            for s, e in zip(inputs.histories.offsets[:-1], inputs.histories.offsets[1:], strict=True)
+            for s, e in zip(
+                inputs.histories.offsets[:-1], inputs.histories.offsets[1:], strict=True
+            )
         ]
 
     def loss(self, entries: np.ndarray) -> Tensor:
@@ -124,8 +130,12 @@ class TwoTowerTrainTask:
         if s.hard_negatives and self.item_cache is not None:
             positives = [self.user_positives[u] for u in users]
             hard = hard_negatives(
-                user_vecs.detach().cpu(), self.item_cache, positives, s.hard_negatives,
-                s.hard_skip_top, self.generator,
+                user_vecs.detach().cpu(),
+                self.item_cache,
+                positives,
+                s.hard_negatives,
+                s.hard_skip_top,
+                self.generator,
             )
             hard_vecs = self.model.item_vectors(self.inputs.items(hard.reshape(-1).numpy()))
             kwargs["hard_vectors"] = hard_vecs.view(len(entries), s.hard_negatives, -1)
@@ -134,11 +144,17 @@ class TwoTowerTrainTask:
         if s.mask_known_positives:
             mask = self._known(users, np.concatenate(columns))
             if "hard_vectors" in kwargs:  # mined hard negatives already skip known positives
-                mask = torch.cat([mask, torch.zeros(len(users), s.hard_negatives, dtype=torch.bool)], 1)
+                mask = torch.cat(
+                    [mask, torch.zeros(len(users), s.hard_negatives, dtype=torch.bool)], 1
+                )
             mask = mask.to(device)
         return losses.sampled_softmax(
-            user_vecs, pos_vecs, pos_t.to(device), temperature,
-            remove_accidental_hits=s.remove_accidental_hits, negative_mask=mask,
+            user_vecs,
+            pos_vecs,
+            pos_t.to(device),
+            temperature,
+            remove_accidental_hits=s.remove_accidental_hits,
+            negative_mask=mask,
             **kwargs,  # type: ignore[arg-type]
         )
 

@@ -1,0 +1,96 @@
+"""Training configs: the shipped ml-100k file, round trips, and errors that name what to fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from models.config import TrainConfig, load_config
+from models.features import FeatureConfigError, FeatureDef
+
+from .conftest import ML100K_CONFIG
+
+CONFIG_TEXT = ML100K_CONFIG.read_text()
+
+
+def test_load_config_reads_the_shipped_ml100k_config() -> None:
+    config = load_config(ML100K_CONFIG)
+    assert (config.dataset, config.data_dir) == ("ml-100k", "data/ml-100k")
+    assert [(f.name, f.kind) for f in config.user_features] == [
+        ("user_id", "id"),
+        ("age", "bucket"),
+        ("gender", "categorical"),
+        ("occupation", "categorical"),
+        ("zip_prefix", "categorical"),
+        ("history", "history"),
+    ]
+    assert config.user_features[1].boundaries == (18.0, 25.0, 35.0, 45.0, 50.0, 56.0)
+    assert config.user_features[4] == FeatureDef("zip_prefix", "categorical", "zip_code", prefix=2)
+    assert [(f.name, f.source) for f in config.item_features] == [
+        ("item_id", "item_id"),
+        ("genres", "class"),
+        ("release_year", "release_year"),
+    ]
+    assert config.train.loss == "listwise"
+    assert config.model.dim > 0 and config.model.temperature > 0
+
+
+def test_config_survives_the_dict_round_trip_stored_in_artifacts() -> None:
+    config = load_config(ML100K_CONFIG)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_with_train_changes_only_the_knobs_that_are_given() -> None:
+    config = load_config(ML100K_CONFIG)
+    changed = config.with_train(loss="pointwise", seed=None, epochs=3)
+    assert changed.train == dataclasses.replace(config.train, loss="pointwise", epochs=3)
+    assert changed.model == config.model and changed.user_features == config.user_features
+
+
+def edited(tmp_path: Path, pattern: str, new: str) -> Path:
+    """The shipped config with the first match of the regex ``pattern`` replaced by ``new``."""
+    text, found = re.subn(pattern, lambda _: new, CONFIG_TEXT, count=1, flags=re.M)
+    assert found == 1, pattern
+    path = tmp_path / "edited.toml"
+    path.write_text(text)
+    return path
+
+
+lit = re.escape
+
+
+@pytest.mark.parametrize(
+    ("pattern", "new", "message"),
+    [
+        (r"^\[train\]$", "[train]\nbatch = 3", r"\[train\] has unknown keys \['batch'\]"),
+        (r"^\[model\]$", "[model]\nwidth = 3", r"\[model\] has unknown keys \['width'\]"),
+        (lit('kind = "bucket"'), 'kind = "buckets"', "kind 'buckets' not in"),
+        (lit("boundaries = [18, 25"), "boundaries = [25, 18", "boundaries must be sorted"),
+        (
+            lit('name = "item_id"\nkind = "id"'),
+            'name = "item_id"\nkind = "categorical"',
+            "item_features",
+        ),
+        (lit('name = "gender"'), 'name = "age"', "duplicate names"),
+        (lit('"release_year"\nkind = "numeric"'), '"h"\nkind = "history"', "history is a user"),
+        (lit('name = "gender"\nkind = "categorical"'), 'name = "g"\nkind = "id"', "exactly one"),
+        (r"^\[dataset\]$", "[dataset", "edited.toml"),
+        (r"^loss = .*$", 'loss = "list-wise"', "loss 'list-wise' is not one of"),
+        (r"^\[train\]$", '[train]\nsampler = "zipf"', "sampler 'zipf' is not one of"),
+    ],
+)
+def test_load_config_rejects_a_bad_config_naming_the_file_and_the_problem(
+    tmp_path: Path, pattern: str, new: str, message: str
+) -> None:
+    path = edited(tmp_path, pattern, new)
+    with pytest.raises(FeatureConfigError, match=message) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_load_config_of_a_missing_file_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "absent.toml")

@@ -1,0 +1,113 @@
+"""Towers: unit outputs, pooling, and dropout of ids and histories only while training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from models.features import FeatureDef, FeatureSpec
+from models.towers import Tower
+from models.two_tower import ModelConfig, TwoTower
+
+ITEM_VOCAB = 6
+
+
+def user_spec() -> FeatureSpec:
+    features = [
+        FeatureDef("user_id", "id"),
+        FeatureDef("job", "categorical"),
+        FeatureDef("age", "bucket", boundaries=(18.0, 30.0)),
+        FeatureDef("year", "numeric"),
+        FeatureDef("history", "history", max_len=4),
+    ]
+    columns = {"job": ["a", "b", "c"], "year": [1.0, 2.0, 3.0]}
+    ids = ["u1", "u2", "u3"]
+    return FeatureSpec("user", features).fit(columns, ids, item_vocab_size=ITEM_VOCAB)
+
+
+def item_spec(id_name: str = "item_id") -> FeatureSpec:
+    features = [FeatureDef(id_name, "id"), FeatureDef("genres", "multi_hot", max_len=3)]
+    ids = [f"i{i}" for i in range(ITEM_VOCAB)]
+    return FeatureSpec("item", features).fit({"genres": [["x", "y", "z"]]}, ids)
+
+
+def user_batch() -> dict[str, Tensor]:
+    return {
+        "user_id": torch.tensor([1, 2, 3, 0]),
+        "job": torch.tensor([1, 2, 0, 3]),
+        "age": torch.tensor([1, 2, 3, 0]),
+        "year": torch.tensor([[0.5, 0.0], [-1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]),
+        "history": torch.tensor([[1, 2, 0, 0], [6, 0, 0, 0], [0, 0, 0, 0], [3, 4, 5, 6]]),
+    }
+
+
+def tower(**kwargs: float) -> Tower:
+    torch.manual_seed(0)
+    return Tower(user_spec(), [16], 8, item_vocab_size=ITEM_VOCAB, **kwargs)
+
+
+def test_tower_outputs_unit_vectors_of_the_output_size() -> None:
+    vectors = tower().eval()(user_batch())
+    assert vectors.shape == (4, 8)
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(4))
+
+
+def test_history_is_the_mean_of_its_non_padding_embeddings() -> None:
+    model = tower().eval()
+    table = model.embeddings["history"].weight
+    batch, alone = user_batch(), user_batch()
+    before = model(batch)
+    with torch.no_grad():
+        table[0] = 100.0  # the padding row never enters the mean
+        table[5] = (table[1] + table[2]) / 2  # token 5 alone embeds as the mean of 1 and 2
+    torch.testing.assert_close(model(batch)[[0, 1, 2]], before[[0, 1, 2]])
+    alone["history"][0] = torch.tensor([5, 0, 0, 0])
+    torch.testing.assert_close(model(alone)[0], model(batch)[0])
+    # The same tokens in another order, or with the padding elsewhere: the same vector.
+    alone["history"][1] = torch.tensor([0, 0, 6, 0])
+    alone["history"][3] = torch.tensor([4, 3, 6, 5])
+    torch.testing.assert_close(model(alone)[[1, 3]], model(batch)[[1, 3]])
+
+
+def test_id_dropout_replaces_ids_with_the_unknown_row_only_in_training_mode() -> None:
+    model = tower(id_dropout=1.0)
+    no_ids = user_batch()
+    no_ids["user_id"] = torch.zeros(4, dtype=torch.int64)
+    expected_unknown = model.eval()(no_ids)
+    evaluated = model(user_batch())
+    assert not torch.allclose(evaluated[:3], expected_unknown[:3])
+    torch.testing.assert_close(model.train()(user_batch()), expected_unknown)
+
+
+def test_history_dropout_blanks_whole_histories_only_in_training_mode() -> None:
+    model = tower(history_dropout=1.0)
+    no_history = user_batch()
+    no_history["history"] = torch.zeros(4, 4, dtype=torch.int64)
+    expected_blank = model.eval()(no_history)
+    assert not torch.allclose(model(user_batch())[[0, 1, 3]], expected_blank[[0, 1, 3]])
+    torch.testing.assert_close(model.train()(user_batch()), expected_blank)
+
+
+def test_zero_dropout_training_mode_equals_evaluation_mode() -> None:
+    model = tower()
+    torch.testing.assert_close(model.train()(user_batch()), model.eval()(user_batch()))
+
+
+def test_score_is_the_cosine_divided_by_the_temperature() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(ModelConfig(hidden=[8], dim=4, temperature=0.1), user_spec(), item_spec())
+    users = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    items = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
+    expected = torch.tensor([[float(u @ i) / 0.1 for i in items] for u in users])
+    torch.testing.assert_close(model.score(users, items), expected)
+
+
+@pytest.mark.parametrize("id_name", ["item_id", "movie_id"])
+def test_history_table_has_a_row_per_item_id_whatever_the_id_feature_is_named(
+    id_name: str,
+) -> None:
+    model = TwoTower(ModelConfig(hidden=[8], dim=4), user_spec(), item_spec(id_name))
+    assert model.user_tower.embeddings["history"].num_embeddings == ITEM_VOCAB + 1
+    vectors = model.eval().user_vectors(user_batch())  # token 6 is the last item row
+    assert vectors.shape == (4, 4)

@@ -1,0 +1,172 @@
+"""The training loop: seeded reproducibility, early stopping, and what each batch is fed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from models.config import TrainConfig, TrainSettings
+from models.data import load_dataset, make_split
+from models.encoding import Histories, encode_dataset, fit_specs
+from models.evaluate import interaction_matrix
+from models.experiment import model_metrics
+from models.features import FeatureSpec
+from models.losses import LOSSES
+from models.train import Inputs, TwoTowerTrainTask, train_model
+from models.two_tower import TwoTower
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The tiny dataset's leave-last-out split, encoded, with its training inputs."""
+
+    config: TrainConfig
+    user_spec: FeatureSpec
+    item_spec: FeatureSpec
+    inputs: Inputs
+    train_rows: np.ndarray
+    valid: sp.csr_matrix
+    train: sp.csr_matrix
+
+    def model(self) -> TwoTower:
+        torch.manual_seed(0)
+        return TwoTower(self.config.model, self.user_spec, self.item_spec)
+
+    def settings(self, **changes: object) -> TrainSettings:
+        return dataclasses.replace(self.config.train, **changes)
+
+    def validate(self, model: TwoTower) -> dict[str, float]:
+        return model_metrics(model, self.inputs, self.valid, self.train)
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_data_dir: Path, tiny_config: TrainConfig) -> Prepared:
+    dataset = load_dataset(tiny_data_dir)
+    split = make_split(dataset.interactions, "leave-last-out", 0)
+    user_spec, item_spec = fit_specs(tiny_config, dataset, split)
+    data = encode_dataset(dataset, user_spec, item_spec)
+    inputs = Inputs(data, Histories.build(data, split.train), [("history", 100)])
+    valid, train = (
+        interaction_matrix(data.inter_users[r], data.inter_items[r], data.n_users, data.n_items)
+        for r in (split.valid, split.train)
+    )
+    return Prepared(tiny_config, user_spec, item_spec, inputs, split.train, valid, train)
+
+
+def weights(model: TwoTower) -> dict[str, Tensor]:
+    return {name: value.clone() for name, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_same_seed_gives_identical_weights_and_metrics(prepared: Prepared, loss: str) -> None:
+    settings = prepared.settings(loss=loss, epochs=2)
+    runs = []
+    for _ in range(2):
+        model = prepared.model()
+        result = train_model(model, prepared.inputs, settings, prepared.validate, progress=False)
+        runs.append((weights(model), result.history))
+    (first, first_history), (second, second_history) = runs
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert first_history == second_history and len(first_history) == 2
+
+
+def test_another_seed_gives_other_weights(prepared: Prepared) -> None:
+    trained = []
+    for seed in (0, 1):
+        model = prepared.model()
+        train_model(
+            model,
+            prepared.inputs,
+            prepared.settings(seed=seed, epochs=1),
+            prepared.validate,
+            progress=False,
+        )
+        trained.append(model.item_tower.mlp[-1].weight.detach().clone())
+    assert not torch.equal(*trained)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_training_lowers_the_training_loss(prepared: Prepared, loss: str) -> None:
+    settings = prepared.settings(loss=loss, epochs=4, lr=0.01)
+    model = prepared.model()
+    result = train_model(model, prepared.inputs, settings, prepared.validate, progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_early_stopping_restores_the_weights_of_the_best_epoch(prepared: Prepared) -> None:
+    # Scripted scores: best at epoch 2, then two worse epochs exhaust patience 2.
+    scores = iter([0.1, 0.5, 0.3, 0.2, 0.9, 0.9])
+    seen: list[dict[str, Tensor]] = []
+
+    def validate(model: TwoTower) -> dict[str, float]:
+        seen.append(weights(model))
+        return {"recall@10": next(scores)}
+
+    model = prepared.model()
+    settings = prepared.settings(epochs=6, patience=2)
+    result = train_model(model, prepared.inputs, settings, validate, progress=False)
+    assert (result.best_epoch, result.best_metric) == (2, 0.5)
+    assert [row["valid_recall@10"] for row in result.history] == [0.1, 0.5, 0.3, 0.2]
+    assert len(seen) == 4 and not model.training
+    restored = model.state_dict()
+    assert all(torch.equal(restored[name], seen[1][name]) for name in restored)
+    assert not torch.equal(restored["item_tower.mlp.1.weight"], seen[3]["item_tower.mlp.1.weight"])
+
+
+def test_training_batches_see_the_history_before_each_entry_and_users_the_latest(
+    prepared: Prepared,
+) -> None:
+    inputs, histories = prepared.inputs, prepared.inputs.histories
+    entries = np.array([0, 3, 7])
+    users = prepared.inputs.data.inter_users[histories.source_rows[entries]]
+    tokens = inputs.data.item_tokens
+    batch = inputs.users(users, entries)
+    np.testing.assert_array_equal(batch["history"], histories.before(entries, 100, tokens))
+    np.testing.assert_array_equal(
+        inputs.users(users)["history"], histories.latest(users, 100, tokens)
+    )
+    np.testing.assert_array_equal(batch["user_id"], inputs.data.user_features["user_id"][users])
+
+
+def test_known_positive_mask_marks_each_users_training_items(prepared: Prepared) -> None:
+    task = TwoTowerTrainTask(prepared.model(), prepared.inputs, prepared.settings(), seed=0)
+    data = prepared.inputs.data
+    pairs = set(
+        zip(
+            data.inter_users[prepared.train_rows].tolist(),
+            data.inter_items[prepared.train_rows].tolist(),
+            strict=True,
+        )
+    )
+    users, items = np.arange(data.n_users), np.arange(data.n_items)
+    expected = [[(u, i) in pairs for i in items.tolist()] for u in users.tolist()]
+    assert task._known(users, items).tolist() == expected
+    assert sum(map(sum, expected)) == len(pairs) > 0
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"loss": loss} for loss in LOSSES[:3]]
+    + [
+        {"loss": "listwise", "sampled_negatives": 5, "sampler": sampler}
+        for sampler in ("uniform", "popularity")
+    ],
+)
+def test_a_training_step_keeps_every_tensor_on_the_inputs_device(
+    prepared: Prepared, knobs: dict
+) -> None:
+    # The meta device refuses to mix with CPU tensors as CUDA does, and runs without a GPU.
+    inputs = dataclasses.replace(prepared.inputs, device="meta")
+    model = prepared.model().to("meta")
+    task = TwoTowerTrainTask(model, inputs, prepared.settings(**knobs), seed=0)
+    loss = task.loss(np.arange(16))
+    loss.backward()
+    assert loss.device.type == "meta" and loss.shape == ()
