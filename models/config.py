@@ -37,6 +37,7 @@ class TrainSettings:
     mask_known_positives: bool = True  # listwise: a user's other training items are not negatives
     refit: bool = True  # after early stopping, retrain on train + valid for the best epoch count
     seed: int = 0
+    sparse_rows: int = 100_000  # embedding tables this big train with sparse gradients
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:

@@ -188,9 +188,7 @@ def train_model(
     rng = np.random.default_rng(settings.seed)
     model.to(inputs.device)
     task = TwoTowerTrainTask(model, inputs, settings, settings.seed)
-    optimiser = torch.optim.Adam(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
+    optimisers = make_optimisers(model, settings)
     entries = np.arange(len(inputs.histories.items))
     result = TrainResult(model)
     best_state, stale = copy.deepcopy(model.state_dict()), 0
@@ -203,9 +201,11 @@ def train_model(
         total, batches = 0.0, 0
         for start in range(0, len(order), settings.batch_size):
             loss = task.loss(order[start : start + settings.batch_size])
-            optimiser.zero_grad(set_to_none=True)
+            for optimiser in optimisers:
+                optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            optimiser.step()
+            for optimiser in optimisers:
+                optimiser.step()
             total, batches = total + loss.item(), batches + 1
         row = {"epoch": float(epoch), "loss": total / max(batches, 1)}
         if validate is None:
@@ -227,5 +227,29 @@ def train_model(
             if stale >= settings.patience:
                 break
     model.load_state_dict(best_state)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = False  # serving and export never need sparse gradients
     model.eval()
     return result
+
+
+def make_optimisers(model: TwoTower, settings: TrainSettings) -> list[torch.optim.Optimizer]:
+    """Adam for dense parameters; SparseAdam for embedding tables of ``sparse_rows`` rows or more.
+
+    A dense Adam step touches every row of a million-row table; with sparse gradients only the
+    rows a batch used are updated (lazy Adam), which is what makes big catalogues trainable.
+    """
+    sparse: list[torch.nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings >= settings.sparse_rows:
+            module.sparse = True
+            sparse.append(module.weight)
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    out: list[torch.optim.Optimizer] = [
+        torch.optim.Adam(dense, lr=settings.lr, weight_decay=settings.weight_decay)
+    ]
+    if sparse:
+        out.append(torch.optim.SparseAdam(sparse, lr=settings.lr))
+    return out
