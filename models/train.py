@@ -240,7 +240,7 @@ def make_optimisers(model: TwoTower, settings: TrainSettings) -> list[torch.opti
     A dense Adam step touches every row of a million-row table; with sparse gradients only the
     rows a batch used are updated (lazy Adam), which is what makes big catalogues trainable.
     """
-    sparse: list[torch.nn.Parameter] = []
+    sparse: list[torch.Tensor] = []
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding) and module.num_embeddings >= settings.sparse_rows:
             module.sparse = True

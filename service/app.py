@@ -1,8 +1,9 @@
 """create_app(settings): the FastAPI factory. Nothing happens at import time.
 
 The lifespan sets thread counts, opens the user-vector cache (Redis when ``RECALL_REDIS_URL``
-is set, else in-process), loads the newest loadable snapshot, and closes the cache on
-shutdown. Handlers reach everything through ``request.state.services`` (``service.state``).
+is set, behind an in-process first level; else in-process only), loads the newest loadable
+snapshot, and closes the cache on shutdown. Handlers reach everything through
+``request.state.services`` (``service.state``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import errors
+from service.batcher import RecallBatcher
 from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.holder import SnapshotHolder
 from service.metrics import Metrics, RequestMiddleware
@@ -24,19 +26,29 @@ from service.recaller import Recaller
 from service.routes import admin, health, recall
 from service.settings import Settings, load_settings
 from service.state import Services
+from service.tiered import TieredEmbeddingCache
 
 log = logging.getLogger(__name__)
 
 
 def open_cache(settings: Settings, metrics: Metrics) -> EmbeddingCache:
-    """Redis when a URL is configured, else an in-process LRU."""
+    """Redis (written behind, read through an in-process LRU) when a URL is configured, else
+    the in-process LRU alone."""
+    local = LocalEmbeddingCache(settings.cache.local_max_entries)
     if settings.redis_url is None:
         log.info("RECALL_REDIS_URL unset: user vectors cached in process")
-        return LocalEmbeddingCache(settings.cache.local_max_entries)
-    return RedisEmbeddingCache.from_url(
+        return local
+    remote = RedisEmbeddingCache.from_url(
         settings.redis_url.get_secret_value(),
         settings.redis,
         on_error=lambda operation: metrics.cache_errors.labels(operation).inc(),
+    )
+    return TieredEmbeddingCache(
+        local,
+        remote,
+        settings.cache.ttl_s,
+        on_drop=metrics.cache_write_drops.inc,
+        write_behind=settings.cache.write_behind,
     )
 
 
@@ -54,7 +66,8 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             holder = SnapshotHolder(settings.snapshots, metrics)
             await run_in_threadpool(holder.load_newest)
             recaller = Recaller(opened, metrics, settings.cache)
-            yield {"services": Services(settings, holder, opened, recaller, metrics)}
+            batcher = RecallBatcher(recaller, settings.batch, metrics)
+            yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
         finally:
             opened.close()
             torch.set_num_threads(threads[0])  # process-wide; give back what we found
@@ -64,9 +77,14 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         title="two-tower recall",
         summary="Top-K candidate items for a user from a two-tower model and a FAISS index",
         lifespan=lifespan,
+        # Prometheus metrics are our own; the OpenTelemetry hooks cost a provider lookup per
+        # request even with nothing configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
-    app.add_middleware(RequestMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
+    )
     app.include_router(health.router(metrics))
     app.include_router(recall.router(settings.limits))
     app.include_router(admin.router(settings))

@@ -110,7 +110,13 @@ class RedisEmbeddingCache:
             url,
             socket_timeout=settings.socket_timeout_ms / 1000,
             socket_connect_timeout=settings.connect_timeout_ms / 1000,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), settings.retries),
+            # Retry a dropped connection (e.g. after a Redis restart), never a timeout: a
+            # second wait on a stalled Redis only doubles what every request pays.
+            retry=Retry(
+                ExponentialBackoff(cap=0.05, base=0.005),
+                settings.retries,
+                supported_errors=(redis.ConnectionError,),
+            ),
             max_connections=settings.max_connections,
         )
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)

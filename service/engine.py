@@ -167,13 +167,21 @@ class RecallEngine:
         scores = self.snapshot.popularity[rows] / self.top_popularity
         return Candidates(rows, scores.astype(np.float32))
 
-    def similar(self, item_id: str, k: int) -> Candidates:
-        """Items nearest to ``item_id``'s vector, the item itself left out."""
+    def item_row(self, item_id: str) -> int:
+        """The row of ``item_id``; ServiceError ``not_found`` (404) when it is not indexed."""
         row = self.snapshot.item_row.get(item_id)
         if row is None:
             raise ServiceError("not_found", f"item {item_id!r} is not in snapshot {self.version}")
-        vector = self.snapshot.item_vector(row)[None, :]
-        return self.search(vector, [k], [np.array([row], dtype=np.int64)], [None])[0]
+        return row
+
+    def similar(self, item_id: str, k: int) -> Candidates:
+        """Items nearest to ``item_id``'s vector, the item itself left out."""
+        return self.similar_rows(np.array([self.item_row(item_id)], dtype=np.int64), [k])[0]
+
+    def similar_rows(self, rows: np.ndarray, ks: list[int]) -> list[Candidates]:
+        """For each item row ``[n]``, the ``ks[i]`` nearest other items (one search)."""
+        vectors = np.ascontiguousarray(self.index.reconstruct_batch(rows), dtype=np.float32)
+        return self.search(vectors, ks, [rows[i : i + 1] for i in range(len(rows))], [None] * len(ks))
 
     def items(self, found: Candidates) -> list[dict[str, object]]:
         """``[{item_id, score}]`` best first, for the response."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,17 @@ def cache_key(prefix: str, version: str, request: RecallRequest) -> str:
     return f"{prefix}:{version}:{request.user_id or '-'}:{digest.hexdigest()}"
 
 
+@dataclass
+class Prepared:
+    """One request resolved against an engine, ready to be answered in a batch."""
+
+    request: RecallRequest
+    query: UserQuery
+    item_filter: ItemFilter | None
+    excluded: np.ndarray  # [n] int64 item rows left out of the answer
+    started: float  # perf_counter when the request arrived (for took_ms)
+
+
 class Recaller:
     """Per-app glue between the engine, the user-vector cache and the metrics."""
 
@@ -41,45 +53,57 @@ class Recaller:
     ) -> list[dict[str, Any]]:
         """One response body per request, in order. ``batch`` prefixes error paths."""
         started = time.perf_counter()
-        queries, filters = [], []
+        return self.answer(engine, self.prepare_all(engine, requests, started, batch))
+
+    def prepare_all(
+        self,
+        engine: RecallEngine,
+        requests: Sequence[RecallRequest],
+        started: float,
+        batch: bool = False,
+    ) -> list[Prepared]:
+        """Resolve every request; a ServiceError names the field (``body.requests.3.``)."""
+        prepared = []
         for position, request in enumerate(requests):
             try:
-                queries.append(engine.resolve(request))
-                filters.append(engine.item_filter(request.filter))
+                query = engine.resolve(request)
+                item_filter = engine.item_filter(request.filter)
             except ServiceError as exc:
                 where = f"body.requests.{position}." if batch else "body."
                 raise ServiceError(exc.code, where + exc.message) from exc
-        usable = [i for i, q in enumerate(queries) if q.usable]
+            excluded = self._excluded(engine, request, query)
+            prepared.append(Prepared(request, query, item_filter, excluded, started))
+        return prepared
+
+    def answer(self, engine: RecallEngine, prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """Response bodies for requests prepared on ``engine``: one cache read, one tower
+        forward for the misses and one index search for all of them."""
+        usable = [p for p in prepared if p.query.usable]
         vectors, sources = self._vectors(
-            engine, [requests[i] for i in usable], [queries[i] for i in usable]
+            engine, [p.request for p in usable], [p.query for p in usable]
         )
-        excluded = [self._excluded(engine, r, q) for r, q in zip(requests, queries, strict=True)]
-        found: list[Candidates | None] = [None] * len(requests)
         searched = engine.search(
             vectors,
-            [requests[i].k for i in usable],
-            [excluded[i] for i in usable],
-            [filters[i] for i in usable],
+            [p.request.k for p in usable],
+            [p.excluded for p in usable],
+            [p.item_filter for p in usable],
         )
-        for i, candidates in zip(usable, searched, strict=True):
-            found[i] = candidates
-        source_of = dict(zip(usable, sources, strict=True))
-        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        found = {id(p): (c, s) for p, c, s in zip(usable, searched, sources, strict=True)}
+        now = time.perf_counter()
         bodies = []
-        for i, request in enumerate(requests):
-            source = source_of.get(i, "fallback")
-            got = found[i]
+        for p in prepared:
+            got, source = found.get(id(p), (None, "fallback"))
             if got is None:  # nothing to build a vector from: the most popular items
-                got = engine.popular(request.k, excluded[i], filters[i])
+                got = engine.popular(p.request.k, p.excluded, p.item_filter)
             self.metrics.user_source.labels(source).inc()
             body: dict[str, Any] = {
                 "snapshot": engine.version,
                 "items": engine.items(got),
-                "user": {"known": queries[i].known, "source": source},
-                "took_ms": took_ms,
+                "user": {"known": p.query.known, "source": source},
+                "took_ms": round((now - p.started) * 1000, 3),
             }
-            if request.explain:
-                body["explain"] = self._explain(queries[i], excluded[i], filters[i])
+            if p.request.explain:
+                body["explain"] = self._explain(p.query, p.excluded, p.item_filter)
             bodies.append(body)
         return bodies
 

@@ -31,6 +31,7 @@ class Limits(BaseModel):
     max_features: int = Field(default=32, ge=0, le=1000)
     max_list_values: int = Field(default=64, ge=1, le=10_000)
     max_string_length: int = Field(default=256, ge=8, le=65_536)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
 
     @model_validator(mode="after")
     def _default_within_max(self) -> Limits:
@@ -56,13 +57,25 @@ class RedisSettings(BaseModel):
 
 
 class CacheSettings(BaseModel):
-    """User-vector cache: key prefix, TTL, and the in-process LRU used without Redis."""
+    """User-vector cache: key prefix, TTL, and the in-process LRU (the only cache without
+    Redis, a first level in front of it with Redis; 0 entries turns that first level off)."""
 
     model_config = {"extra": "forbid"}
 
     ttl_s: int = Field(default=3600, ge=1, le=30 * 86_400)
     key_prefix: str = Field(default="recall:uvec", min_length=1, max_length=64)
     local_max_entries: int = Field(default=100_000, ge=0)
+    write_behind: bool = True  # Redis written by a background thread, off the request path
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching: the requests of one event-loop pass are answered together with one
+    cache read, one user-tower forward and one index search (``service.batcher``)."""
+
+    model_config = {"extra": "forbid"}
+
+    max_size: int = Field(default=32, ge=1, le=1024, description="requests per batch")
+    max_wait_ms: float = Field(default=0.0, ge=0.0, le=50.0, description="wait to fill a batch")
 
 
 class ThreadSettings(BaseModel):
@@ -92,6 +105,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
     limits: Limits = Limits()
+    batch: BatchSettings = BatchSettings()
     threads: ThreadSettings = ThreadSettings()
 
     @field_validator("admin_token")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from service.batcher import RecallBatcher
 from service.cache import EmbeddingCache
 from service.holder import SnapshotHolder
 from service.metrics import Metrics
@@ -22,6 +23,7 @@ class Services:
     cache: EmbeddingCache
     recaller: Recaller
     metrics: Metrics
+    batcher: RecallBatcher
 
 
 async def services(request: Request) -> Services:

@@ -2,10 +2,10 @@
 
 No postponed annotations here: the body schemas are built per app from the limits, so the
 endpoints are defined inside ``router`` and FastAPI reads their annotations as objects.
-Handlers are plain functions (run in the threadpool): the user tower and FAISS block.
+Handlers validate on the event loop and hand the work to ``service.batcher`` (the user tower
+and FAISS block; its worker threads answer concurrent requests together).
 """
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -32,32 +32,27 @@ def router(limits: Limits) -> APIRouter:
     State = Annotated[Services, Depends(services)]
 
     @api.post("/recall", response_model=RecallResponse)
-    def recall(body: recall_body, state: State) -> JSONBody:  # type: ignore[valid-type]
+    async def recall(body: recall_body, state: State) -> JSONBody:  # type: ignore[valid-type]
         """Top-K items for one user (known id, features, history, or popularity fallback)."""
         request: RecallRequest = body
         engine = state.holder.require()
-        return JSONBody(state.recaller.recall(engine, [request])[0])
+        return JSONBody(await state.batcher.recall(engine, [request]))
 
     @api.post("/recall/batch", response_model=BatchRecallResponse)
-    def recall_batch(body: batch_body, state: State) -> JSONBody:  # type: ignore[valid-type]
+    async def recall_batch(body: batch_body, state: State) -> JSONBody:  # type: ignore[valid-type]
         """Several recall requests in one call; results in the same order."""
         batch: BatchRecallRequest = body
         engine = state.holder.require()
-        return JSONBody({"results": state.recaller.recall(engine, batch.requests, batch=True)})
+        return JSONBody({"results": await state.batcher.recall(engine, batch.requests, True)})
 
     @api.get("/items/{item_id}/similar", response_model=SimilarResponse)
-    def similar(
+    async def similar(
         item_id: Annotated[str, Path(min_length=1, max_length=limits.max_string_length)],
         state: State,
         k: Annotated[int, Query(ge=1, le=limits.max_k)] = limits.default_k,
     ) -> JSONBody:
         """Items nearest to an item's vector in the same index (the item itself left out)."""
-        started = time.perf_counter()
         engine = state.holder.require()
-        items = engine.items(engine.similar(item_id, k))
-        took_ms = round((time.perf_counter() - started) * 1000, 3)
-        return JSONBody(
-            {"snapshot": engine.version, "item_id": item_id, "items": items, "took_ms": took_ms}
-        )
+        return JSONBody(await state.batcher.similar(engine, item_id, k))
 
     return api

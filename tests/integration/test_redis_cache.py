@@ -21,9 +21,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture
 def app_on_redis(snapshots: tuple[Path, list[str]], key_prefix: str) -> Iterator[AppClient]:
-    settings = make_settings(
-        snapshots[0], redis_url=REDIS_URL, cache={"key_prefix": key_prefix, "ttl_s": 120}
-    )
+    # written before each response: the test reads Redis right after one
+    cache = {"key_prefix": key_prefix, "ttl_s": 120, "write_behind": False}
+    settings = make_settings(snapshots[0], redis_url=REDIS_URL, cache=cache)
     with AppClient(create_app(settings)) as client:
         yield client
 
@@ -66,7 +66,9 @@ def app_on_own_redis(
 ) -> Iterator[AppClient]:
     quick = RedisSettings(socket_timeout_ms=50, connect_timeout_ms=50, retries=0,
                           breaker_failures=2, breaker_cooldown_s=0.2)  # fmt: skip
-    settings = make_settings(snapshots[0], redis_url=own_redis.url, redis=quick)
+    # no in-process first level, writes before each response: these tests watch Redis itself
+    cache = {"local_max_entries": 0, "write_behind": False}
+    settings = make_settings(snapshots[0], redis_url=own_redis.url, redis=quick, cache=cache)
     with AppClient(create_app(settings)) as client:
         yield client
 
