@@ -1,0 +1,197 @@
+"""Snapshot versions, errors, and the manifest: what a snapshot folder must hold, and its checks.
+
+``manifest.json`` (written last, so its presence marks a finished folder)::
+
+    {"format_version": 1, "version": "20250101T120000Z-0a1b2c3d", "created": "...+00:00",
+     "source": {artifact path/fingerprint, dataset, data fingerprint, split},
+     "dim": 64, "metric": "inner_product",
+     "counts": {"items": I, "users": U, "seen_interactions": S},
+     "index": {"type", "factory", "params", "reason", "estimated_bytes", "memory_budget_bytes"},
+     "tuning": {"k", "target_recall", "recall", "target_reached", "queries", "trials"},
+     "latency_ms": {"p50", "p99", "k", "threads"},
+     "offline_metrics": {...the artifact's metrics.json...},
+     "files": {"index.faiss": {"sha256": "...", "bytes": N}, ...every other file...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+METRIC = "inner_product"
+VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+ARTIFACT_FILES = (
+    "model.safetensors",
+    "config.json",
+    "features.json",
+    "data.json",
+    "metrics.json",
+    "training.json",
+)
+SNAPSHOT_FILES = ("index.faiss", "items.safetensors", "items.json", "users.safetensors")
+REQUIRED_FILES = ARTIFACT_FILES + SNAPSHOT_FILES
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class SnapshotError(Exception):
+    """Base of snapshot errors; ``code`` is machine-readable, the message says what to do."""
+
+    code = "snapshot_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class SnapshotNotFoundError(SnapshotError):
+    """No snapshot folder with that version."""
+
+    code = "not_found"
+
+
+class SnapshotInvalidError(SnapshotError):
+    """A snapshot that fails a check; ``code`` names the check (e.g. ``checksum_mismatch``)."""
+
+    code = "invalid"
+
+
+class SnapshotExistsError(SnapshotError):
+    """Publishing would overwrite an existing version."""
+
+    code = "exists"
+
+
+def new_version(now: datetime | None = None) -> str:
+    """``YYYYMMDDTHHMMSSZ-<8 hex>`` from ``now`` (UTC; default: the current time)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def check_version(version: str) -> str:
+    """Return ``version`` if it matches VERSION_PATTERN; never touches the file system."""
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise SnapshotInvalidError(
+            f"{version!r} is not a snapshot version; expected YYYYMMDDTHHMMSSZ-<8 hex>, "
+            "e.g. from `recall snapshot list`",
+            "bad_version",
+        )
+    return version
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Checksum every file in ``folder``, then write ``manifest.json`` last (fsynced)."""
+    files = {
+        path.name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+    manifest = {**manifest, "files": files}
+    with open(folder / MANIFEST, "w") as handle:
+        handle.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Parse and shape-check ``path/manifest.json`` (files are not opened)."""
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError as exc:
+        raise SnapshotInvalidError(
+            f"{manifest_path}: missing {MANIFEST}; the folder is unfinished, rebuild it with "
+            "`recall build-index`",
+            "missing_manifest",
+        ) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotInvalidError(
+            f"{manifest_path}: not valid JSON ({exc}); rebuild the snapshot", "bad_manifest"
+        ) from exc
+    problem = _manifest_problem(manifest, path.name)
+    if problem:
+        raise SnapshotInvalidError(
+            f"{manifest_path}: {problem}; rebuild the snapshot", "bad_manifest"
+        )
+    return manifest
+
+
+def _manifest_problem(manifest: Any, folder_name: str) -> str | None:
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return f"format_version {manifest.get('format_version')!r} is not {FORMAT_VERSION}"
+    if manifest.get("version") != folder_name:
+        return f"version {manifest.get('version')!r} does not match the folder name"
+    counts = manifest.get("counts")
+    if not isinstance(manifest.get("dim"), int) or not isinstance(counts, dict):
+        return "dim or counts missing"
+    if not all(isinstance(counts.get(key), int) for key in ("items", "users", "seen_interactions")):
+        return "counts must hold integer items, users and seen_interactions"
+    if not isinstance(manifest.get("index"), dict) or not isinstance(
+        manifest["index"].get("params"), dict
+    ):
+        return "index.params missing"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "files missing"
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        return f"files does not list {missing}"
+    for name, entry in files.items():
+        if "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST:
+            return f"file name {name!r} is not a plain file name"
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("bytes"), int)
+            and isinstance(entry.get("sha256"), str)
+            and _SHA256.fullmatch(entry["sha256"])
+        ):
+            return f"files[{name!r}] needs integer bytes and a sha256 hex digest"
+    return None
+
+
+def verify_snapshot(path: Path, checksums: bool = True) -> dict[str, Any]:
+    """Check the manifest, then every listed file's size and (if ``checksums``) sha256.
+
+    Returns the manifest; raises SnapshotInvalidError naming the first bad file.
+    """
+    path = Path(path)
+    check_version(path.name)
+    manifest = read_manifest(path)
+    for name, entry in manifest["files"].items():
+        file_path = path / name
+        try:
+            size = file_path.stat().st_size
+        except FileNotFoundError as exc:
+            raise SnapshotInvalidError(
+                f"{file_path}: missing file listed in the manifest; rebuild the snapshot",
+                "missing_file",
+            ) from exc
+        if size != entry["bytes"]:
+            raise SnapshotInvalidError(
+                f"{file_path}: {size} bytes, manifest says {entry['bytes']} (truncated or "
+                "changed); rebuild the snapshot",
+                "size_mismatch",
+            )
+        if checksums and file_sha256(file_path) != entry["sha256"]:
+            raise SnapshotInvalidError(
+                f"{file_path}: sha256 does not match the manifest (corrupted); rebuild the "
+                "snapshot",
+                "checksum_mismatch",
+            )
+    return manifest
