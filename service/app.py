@@ -8,6 +8,7 @@ snapshot, and closes the cache on shutdown. Handlers reach everything through
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,13 +18,14 @@ import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import errors
+from service import errors, fastpath
 from service.batcher import RecallBatcher
 from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.holder import SnapshotHolder
 from service.metrics import Metrics, RequestMiddleware
 from service.recaller import Recaller
 from service.routes import admin, health, recall
+from service.schemas import request_schemas
 from service.settings import Settings, load_settings
 from service.state import Services
 from service.tiered import TieredEmbeddingCache
@@ -65,10 +67,15 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         try:
             holder = SnapshotHolder(settings.snapshots, metrics)
             await run_in_threadpool(holder.load_newest)
+            # torch and friends leave ~200k objects that every full collection walks, for
+            # hundreds of milliseconds during which no request moves; freeze them (and the
+            # first snapshot) out of its way. Replaced engines are freed by reference counts.
+            gc.freeze()
             recaller = Recaller(opened, metrics, settings.cache)
             batcher = RecallBatcher(recaller, settings.batch, metrics)
             yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
         finally:
+            gc.unfreeze()  # give the collector back what start-up froze (tests run many apps)
             opened.close()
             torch.set_num_threads(threads[0])  # process-wide; give back what we found
             faiss.omp_set_num_threads(threads[1])
@@ -82,11 +89,15 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
-    app.add_middleware(
+    schemas = request_schemas(settings.limits)
+    recall_api = recall.router(settings.limits, schemas)
+    route = next(r for r in recall_api.routes if getattr(r, "path", None) == fastpath.PATH)
+    app.add_middleware(fastpath.RecallFastPath, schema=schemas[0], route=route)
+    app.add_middleware(  # outermost: times everything, limits bodies for the fast path too
         RequestMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
     )
+    app.include_router(recall_api)  # first: the hot routes match without trying the others
     app.include_router(health.router(metrics))
-    app.include_router(recall.router(settings.limits))
     app.include_router(admin.router(settings))
     return app
 

@@ -58,4 +58,3 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _stopped(signum: int, frame: object) -> None:
     log.info("stopped by signal %d after a graceful shutdown", signum)
-

@@ -6,7 +6,6 @@ An engine never changes after construction; a reload builds a new one and swaps 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ Filter = tuple[tuple[str, tuple[str, ...]], ...]  # hashable form of a request's
 # A filter keeping at most this many items is scored exactly over those items: an ANN
 # over-fetch for a selective filter would have to search most of the catalogue.
 EXACT_FILTER_MAX = 50_000
+FILTER_CACHE = 256  # item filters kept per engine
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,10 @@ class RecallEngine:
         popularity = snapshot.popularity
         self.popular_rows = np.argsort(-popularity, kind="stable").astype(np.int64)
         self.top_popularity = max(int(popularity.max()) if len(popularity) else 0, 1)
-        self._filters = functools.lru_cache(maxsize=256)(self._build_filter)
+        # A plain dict, not functools.lru_cache over a bound method: that would make a cycle,
+        # and a replaced engine must be freed by reference counting alone (app.py freezes
+        # the start-up objects out of the cycle collector's reach).
+        self._filters: dict[Filter, ItemFilter] = {}
 
     def resolve(self, request: RecallRequest) -> UserQuery:
         return self.users.resolve(request)
@@ -64,7 +67,14 @@ class RecallEngine:
         """Items having, for every named attribute, any of the given values (cached)."""
         if not spec:
             return None
-        return self._filters(tuple(sorted((k, tuple(sorted(set(v)))) for k, v in spec.items())))
+        key = tuple(sorted((k, tuple(sorted(set(v)))) for k, v in spec.items()))
+        found = self._filters.get(key)
+        if found is None:
+            found = self._build_filter(key)
+            if len(self._filters) >= FILTER_CACHE:
+                self._filters.pop(next(iter(self._filters)))  # the oldest
+            self._filters[key] = found
+        return found
 
     def _build_filter(self, spec: Filter) -> ItemFilter:
         mask = np.ones(self.n_items, dtype=bool)
@@ -105,6 +115,7 @@ class RecallEngine:
         fetch until k items survive or the whole catalogue has been searched. A selective
         filter (at most ``exact_filter_max`` items) is scored exactly over its items instead.
         """
+        excluded = [np.sort(e) for e in excluded]  # _keep looks rows up by binary search
         out: list[Candidates | None] = [None] * len(ks)
         pending = []
         for i, item_filter in enumerate(filters):
@@ -134,7 +145,7 @@ class RecallEngine:
     ) -> Candidates:
         rows = item_filter.rows
         if len(excluded):
-            rows = rows[~np.isin(rows, excluded)]
+            rows = rows[~_member(rows, excluded)]
         if not len(rows):
             return _empty()
         scores = self.index.reconstruct_batch(rows) @ vector
@@ -151,9 +162,10 @@ class RecallEngine:
 
     @staticmethod
     def _keep(rows: np.ndarray, excluded: np.ndarray, item_filter: ItemFilter | None) -> np.ndarray:
+        """Rows to keep: found (>= 0), not in the sorted ``excluded``, kept by the filter."""
         keep = rows >= 0
         if len(excluded):
-            keep &= ~np.isin(rows, excluded)
+            keep &= ~_member(rows, excluded)
         if item_filter is not None:
             keep &= item_filter.mask[np.where(keep, rows, 0)]
         return keep
@@ -163,7 +175,7 @@ class RecallEngine:
         rows = self.popular_rows
         if item_filter is None:
             rows = rows[: k + len(excluded)]  # enough survive whatever is excluded
-        rows = rows[self._keep(rows, excluded, item_filter)][:k]
+        rows = rows[self._keep(rows, np.sort(excluded), item_filter)][:k]
         scores = self.snapshot.popularity[rows] / self.top_popularity
         return Candidates(rows, scores.astype(np.float32))
 
@@ -181,7 +193,9 @@ class RecallEngine:
     def similar_rows(self, rows: np.ndarray, ks: list[int]) -> list[Candidates]:
         """For each item row ``[n]``, the ``ks[i]`` nearest other items (one search)."""
         vectors = np.ascontiguousarray(self.index.reconstruct_batch(rows), dtype=np.float32)
-        return self.search(vectors, ks, [rows[i : i + 1] for i in range(len(rows))], [None] * len(ks))
+        return self.search(
+            vectors, ks, [rows[i : i + 1] for i in range(len(rows))], [None] * len(ks)
+        )
 
     def items(self, found: Candidates) -> list[dict[str, object]]:
         """``[{item_id, score}]`` best first, for the response."""
@@ -194,6 +208,14 @@ class RecallEngine:
         vectors = self.embed([self.resolve(RecallRequest())])
         if self.n_items:
             self.index.search(vectors, min(10, self.n_items))
+
+
+def _member(rows: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """``np.isin(rows, sorted_values)`` by binary search: for the few hundred rows of one
+    answer this is ~10x faster than np.isin, whose set-up dominates at that size."""
+    at = np.searchsorted(sorted_values, rows)
+    at[at == len(sorted_values)] = 0
+    return sorted_values[at] == rows
 
 
 def _empty() -> Candidates:

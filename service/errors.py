@@ -106,11 +106,16 @@ async def _service_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.code, exc.message, exc.headers)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+def http_error_response(exc: HTTPException) -> JSONBody:
+    """Starlette's HTTPException (404, 405, 413, ...) in the one error body."""
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     body = {"error": {"code": code, "message": str(exc.detail)}}
     return JSONBody(body, exc.status_code, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return http_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

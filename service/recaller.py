@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from service.cache import EmbeddingCache
-from service.engine import Candidates, ItemFilter, RecallEngine
+from service.engine import ItemFilter, RecallEngine
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.schemas import RecallRequest

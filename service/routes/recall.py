@@ -26,8 +26,12 @@ from service.state import Services, services
 ERRORS = {status: {"model": ErrorBody} for status in (404, 422, 503)}
 
 
-def router(limits: Limits) -> APIRouter:
-    recall_body, batch_body = request_schemas(limits)
+Schemas = tuple[type[RecallRequest], type[BatchRecallRequest]]
+
+
+def router(limits: Limits, schemas: Schemas | None = None) -> APIRouter:
+    """The /v1 routes; ``schemas`` are ``request_schemas(limits)`` (pass them to share them)."""
+    recall_body, batch_body = schemas or request_schemas(limits)
     api = APIRouter(prefix="/v1", tags=["recall"], responses=ERRORS)  # type: ignore[arg-type]
     State = Annotated[Services, Depends(services)]
 
