@@ -6,9 +6,10 @@
      "source": {artifact path/fingerprint, dataset, data fingerprint, split},
      "dim": 64, "metric": "inner_product",
      "counts": {"items": I, "users": U, "seen_interactions": S},
-     "index": {"type", "factory", "params", "reason", "estimated_bytes", "memory_budget_bytes"},
+     "index": {"type", "factory", "params", "reason", "nlist", "refine", "estimated_bytes",
+               "memory_budget_bytes"},
      "tuning": {"k", "target_recall", "recall", "target_reached", "queries", "trials"},
-     "latency_ms": {"p50", "p99", "k", "threads"},
+     "latency_ms": {"p50", "p99", "batch64_per_query", "queries", "k", "threads": 1},
      "offline_metrics": {...the artifact's metrics.json...},
      "files": {"index.faiss": {"sha256": "...", "bytes": N}, ...every other file...}}
 """
