@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.server import DrainingServer
     from service.settings import SettingsInvalidError, load_settings
 
     flags = {"snapshots": args.snapshots, "host": args.host, "port": args.port}
@@ -39,18 +40,19 @@ def _serve(args: argparse.Namespace) -> int:
     # handler it found restored: a no-op one makes a SIGTERM'd server exit 0 after answering
     # what was in flight, as a finished job should (SIGINT keeps Python's KeyboardInterrupt).
     previous = signal.signal(signal.SIGTERM, _stopped)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        loop="uvloop",  # both pinned; measured ahead of asyncio and h11 (bench/load.py)
+        http="httptools",
+        log_config=None,  # keep the logging the `recall` entry point configured
+        access_log=False,  # the service logs one line per request itself (debug)
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            workers=1,
-            loop="uvloop",  # both pinned; measured ahead of asyncio and h11 (bench/load.py)
-            http="httptools",
-            log_config=None,  # keep the logging the `recall` entry point configured
-            access_log=False,  # the service logs one line per request itself (debug)
-            timeout_graceful_shutdown=10,
-        )
+        DrainingServer(config, settings.shutdown_drain_ms / 1000).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
