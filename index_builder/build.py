@@ -20,7 +20,7 @@ from index_builder.catalogue import (
     query_vectors,
     user_table,
 )
-from index_builder.indexes import IndexPlan, build_index, choose_index
+from index_builder.indexes import HNSW_EF_CONSTRUCTION, IndexPlan, build_index, choose_index
 from index_builder.manifest import (
     ARTIFACT_FILES,
     FORMAT_VERSION,
@@ -51,6 +51,7 @@ class BuildOptions:
     seed: int = 0
     data_dir: Path | None = None  # overrides the artifact's data_dir
     threads: int = 0  # torch and faiss threads for the build; 0 keeps their defaults
+    hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION  # HNSW graph quality (build time grows)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -58,7 +59,7 @@ class BuildOptions:
             raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (default) or positive, got {self.threads}")
-        for name in ("k", "keep", "batch_size", "tuning_users"):
+        for name in ("k", "keep", "batch_size", "tuning_users", "hnsw_ef_construction"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.memory_budget_gb <= 0:
@@ -89,7 +90,9 @@ def build_snapshot(
     budget = int(options.memory_budget_gb * 2**30)
     plan = choose_index(n, dim, options.index, budget)
     log.info("index %s (%s): %s", plan.kind, plan.factory, plan.reason)
-    index = build_index(plan, item_vectors, options.seed, options.progress)
+    index = build_index(
+        plan, item_vectors, options.seed, options.progress, options.hnsw_ef_construction
+    )
     queries = query_vectors(artifact, catalogue, options.tuning_users, options.seed)
     tuning = tune(index, plan, item_vectors, queries, options.k, options.target_recall)
     latency = measure_latency(index, queries, options.k)
@@ -102,7 +105,9 @@ def build_snapshot(
         latency["p99"],
     )
     version = new_version()
-    manifest = _manifest(version, artifact_path, artifact, catalogue, plan, tuning, latency)
+    manifest = _manifest(
+        version, artifact_path, artifact, catalogue, plan, tuning, latency, options
+    )
     manifest["dim"] = dim  # what the item tower produced; load checks it against the config
     manifest["index"]["memory_budget_bytes"] = budget
     with staging(root, version) as tmp:
@@ -124,6 +129,7 @@ def _manifest(
     plan: IndexPlan,
     tuning: Tuning,
     latency: dict[str, float],
+    options: BuildOptions,
 ) -> dict[str, Any]:
     """Everything but ``dim``, the budget and ``files`` (layout: index_builder.manifest)."""
     return {
@@ -150,6 +156,9 @@ def _manifest(
             "factory": plan.factory,
             "reason": plan.reason,
             "params": tuning.params,
+            "build_params": (
+                {"efConstruction": options.hnsw_ef_construction} if plan.kind == "hnsw" else {}
+            ),
             "nlist": plan.nlist,
             "refine": plan.refine,
             "estimated_bytes": plan.estimated_bytes,

@@ -40,6 +40,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--tuning-users", type=int, default=1000, help="users whose vectors tune")
     build.add_argument("--data-dir", type=Path, help="overrides the artifact's dataset dir")
     build.add_argument("--threads", type=int, default=0, help="torch/faiss threads (0: all)")
+    build.add_argument(
+        "--hnsw-ef-construction", type=int, default=64, help="HNSW build quality (hnsw only)"
+    )
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=_build)
@@ -85,6 +88,7 @@ def _build(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             tuning_users=args.tuning_users,
             threads=args.threads,
+            hnsw_ef_construction=args.hnsw_ef_construction,
             seed=args.seed,
             data_dir=args.data_dir,
             progress=not args.no_progress and sys.stderr.isatty(),

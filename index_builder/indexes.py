@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "hnsw", "ivf-flat", "ivf-pq")
 FLAT_MAX_ITEMS = 200_000  # exact search stays within a few ms per query up to here
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_CONSTRUCTION = 64  # default; raise it when tuning cannot reach the target
 MAX_NLIST = 8192  # k-means cost grows with nlist^2; beyond this training dominates the build
 TRAIN_POINTS_PER_LIST = 40  # faiss asks for at least 39 per centroid
 ADD_CHUNK = 262_144
@@ -131,13 +131,21 @@ def choose_index(
 
 
 def build_index(
-    plan: IndexPlan, item_vectors: np.ndarray, seed: int = 0, progress: bool = False
+    plan: IndexPlan,
+    item_vectors: np.ndarray,
+    seed: int = 0,
+    progress: bool = False,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
 ) -> faiss.Index:
-    """Train (IVF: k-means on a seeded sample) and fill an index with ``item_vectors [n, dim]``."""
+    """Train (IVF: k-means on a seeded sample) and fill an index with ``item_vectors [n, dim]``.
+
+    ``ef_construction`` (HNSW only): candidates kept while linking each vector. Catalogues with
+    many near-duplicate vectors need more (200) for search to reach high recall at any efSearch.
+    """
     n, dim = item_vectors.shape
     if plan.kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw.hnsw.efConstruction = ef_construction
         index: faiss.Index = hnsw
     else:
         index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)

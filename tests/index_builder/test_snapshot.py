@@ -219,15 +219,21 @@ def test_verify_reads_only_plain_file_names_from_the_manifest(
 def test_every_index_kind_loads_with_its_tuned_parameters_and_reconstructs_items(
     tiny_artifact: Path, tmp_path: Path, kind: str
 ) -> None:
-    options = BuildOptions(index=kind, k=10, tuning_users=50, progress=False)
+    options = BuildOptions(
+        index=kind, k=10, tuning_users=50, progress=False, hnsw_ef_construction=40
+    )
     snapshot = load_snapshot(tmp_path, build_snapshot(tiny_artifact, tmp_path, options))
     assert snapshot.manifest["index"]["type"] == kind
+    built_with = snapshot.manifest["index"]["build_params"]
     params = snapshot.manifest["index"]["params"]
     ivf = faiss.try_extract_index_ivf(snapshot.index)
     if kind == "hnsw":
         assert faiss.downcast_index(snapshot.index).hnsw.efSearch == params["efSearch"]
+        assert faiss.downcast_index(snapshot.index).hnsw.efConstruction == 40
+        assert built_with == {"efConstruction": 40}
     else:
         assert ivf is not None and ivf.nprobe == params["nprobe"]
+        assert built_with == {}
     vector = snapshot.item_vector(7)  # IVF-PQ reconstructs through its refine step
     assert vector.shape == (8,) and abs(float(vector @ vector) - 1.0) < 0.05
     _, rows = snapshot.index.search(vector[None, :], 5)
