@@ -1,6 +1,6 @@
 """Where the service's time goes: py-spy samples of `recall serve` under a fixed open-loop load.
 
-    .venv/bin/python bench/profile.py --mix cold --rate 800 --seconds 15 [--service naive]
+    .venv/bin/python bench/hotpath_profile.py --mix cold --rate 800 --seconds 15 [--service naive]
 
 Starts the service on the 1M-item snapshot of ``bench/big_snapshot.py`` (like ``bench/load.py``),
 drives one mix at a fixed rate with ``bench/openloop.py`` and records the server with
