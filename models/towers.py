@@ -75,3 +75,50 @@ class Tower(nn.Module):
                 value = value.masked_fill(drop, UNKNOWN)
             parts.append(table(value))
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
+
+
+class FrozenTower:
+    """Evaluation-mode forward of a ``Tower`` as plain tensor ops, for serving.
+
+    The same operations on the same weight tensors in the same order as ``Tower.forward`` in
+    evaluation mode, so vectors are bit-identical; what is left out is ``nn.Module`` dispatch
+    (hooks, ``__getattr__``) and the identity dropouts, about a quarter of a one-user forward
+    on the CPU. Later weight changes show through (the tensors are shared, not copied).
+    """
+
+    def __init__(self, tower: Tower):
+        self.features: list[tuple[str, str, Tensor | None]] = []
+        for feature in tower.spec.features:
+            table = tower.embeddings[feature.name] if feature.kind != "numeric" else None
+            weight = table.weight.detach() if isinstance(table, nn.Embedding) else None
+            self.features.append((feature.name, feature.kind, weight))
+        self.layers: list[tuple[str, Tensor | None, Tensor | None, str]] = []
+        for layer in tower.mlp:
+            if isinstance(layer, nn.Linear):
+                bias = None if layer.bias is None else layer.bias.detach()
+                self.layers.append(("linear", layer.weight.detach(), bias, ""))
+            elif isinstance(layer, nn.GELU):
+                self.layers.append(("gelu", None, None, layer.approximate))
+            elif not isinstance(layer, nn.Dropout):  # dropout is the identity when evaluating
+                raise TypeError(f"FrozenTower cannot run a {type(layer).__name__} layer")
+
+    def __call__(self, inputs: dict[str, Tensor]) -> Tensor:
+        parts = []
+        for name, kind, weight in self.features:
+            value = inputs[name]
+            if weight is None:
+                parts.append(value.float())
+            elif kind in ("multi_hot", "history"):
+                mask = (value != UNKNOWN).unsqueeze(-1).float()
+                summed = (F.embedding(value, weight) * mask).sum(1)
+                parts.append(summed / mask.sum(1).clamp(min=1.0))
+            else:
+                parts.append(F.embedding(value, weight))
+        hidden = torch.cat(parts, dim=-1)
+        for op, weight, bias, approximate in self.layers:
+            if op == "linear":
+                assert weight is not None
+                hidden = F.linear(hidden, weight, bias)
+            else:
+                hidden = F.gelu(hidden, approximate=approximate)
+        return F.normalize(hidden, dim=-1)

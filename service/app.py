@@ -91,8 +91,14 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
     errors.install(app)
     schemas = request_schemas(settings.limits)
     recall_api = recall.router(settings.limits, schemas)
-    route = next(r for r in recall_api.routes if getattr(r, "path", None) == fastpath.PATH)
-    app.add_middleware(fastpath.RecallFastPath, schema=schemas[0], route=route)
+    routes = {getattr(r, "path", None): r for r in recall_api.routes}
+    app.add_middleware(
+        fastpath.RecallFastPath,
+        schema=schemas[0],
+        route=routes[fastpath.PATH],
+        similar_route=routes[fastpath.SIMILAR_PATH],
+        limits=settings.limits,
+    )
     app.add_middleware(  # outermost: times everything, limits bodies for the fast path too
         RequestMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
     )

@@ -1,18 +1,22 @@
-"""POST /v1/recall without FastAPI's per-request machinery, for requests that validate.
+"""The two hot routes without FastAPI's per-request machinery, for requests that validate.
 
-A valid JSON body is parsed and validated exactly as FastAPI would (``json.loads``, then the
-route's own pydantic schema), handed to the batcher and rendered with orjson, and the route
-is recorded in the scope for the metrics. Anything else, another route, another content
-type, a body that does not parse or validate, goes to the app unchanged with its body
-replayed, so every error still comes from FastAPI's handlers and the OpenAPI spec is the
-route's own. Routing, dependency solving and the exception wrappers were about a third of
-the CPU of a cached recall (README "Performance").
+``POST /v1/recall``: a JSON body is parsed and validated exactly as FastAPI would
+(``json.loads``, then the route's own pydantic schema). ``GET /v1/items/{item_id}/similar``:
+the path parameter and a ``k`` query parameter are checked against the same limits as the
+route's. Valid requests go to the batcher, are rendered with orjson, and their route is
+recorded in the scope for the metrics. Anything else, another route, another content type,
+a body, path or query that does not validate, goes to the app unchanged (body replayed), so
+every error still comes from FastAPI's handlers and the OpenAPI spec is the routes' own.
+Routing, dependency solving and the exception wrappers were about a third of the CPU of a
+cached recall and half of a similar-items call (README "Performance").
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -21,19 +25,36 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import JSONBody, ServiceError, error_response, http_error_response
 from service.schemas import RecallRequest
+from service.settings import Limits
 
 PATH = "/v1/recall"
+SIMILAR_PATH = "/v1/items/{item_id}/similar"
+_SIMILAR = re.compile(r"/v1/items/([^/]+)/similar")
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 class RecallFastPath:
-    """ASGI middleware answering valid ``POST /v1/recall`` requests itself."""
+    """ASGI middleware answering valid recall and similar-items requests itself."""
 
-    def __init__(self, app: ASGIApp, schema: type[RecallRequest], route: BaseRoute):
+    def __init__(
+        self,
+        app: ASGIApp,
+        schema: type[RecallRequest],
+        route: BaseRoute,
+        similar_route: BaseRoute,
+        limits: Limits,
+    ):
         self.app, self.schema, self.route = app, schema, route
+        self.similar_route, self.limits = similar_route, limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST"
-                and _is_json(scope) and "state" in scope):  # fmt: skip
+        if scope["type"] != "http" or "state" not in scope:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "GET" and scope["path"].endswith("/similar"):
+            await self._similar(scope, receive, send)
+            return
+        if not (scope["path"] == PATH and scope["method"] == "POST" and _is_json(scope)):
             await self.app(scope, receive, send)
             return
         try:
@@ -56,6 +77,35 @@ class RecallFastPath:
         except ServiceError as exc:
             response = error_response(exc.code, exc.message, exc.headers)
         await response(scope, receive, send)
+
+    async def _similar(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _SIMILAR.fullmatch(scope["path"])
+        k = self._k(scope["query_string"])
+        if match is None or k is None or len(match[1]) > self.limits.max_string_length:
+            await self.app(scope, receive, send)  # FastAPI answers (404, 422, ...)
+            return
+        scope["route"] = self.similar_route
+        services: Any = scope["state"]["services"]
+        try:
+            engine = services.holder.require()
+            response = JSONBody(await services.batcher.similar(engine, match[1], k))
+        except ServiceError as exc:
+            response = error_response(exc.code, exc.message, exc.headers)
+        await response(scope, receive, send)
+
+    def _k(self, query: bytes) -> int | None:
+        """``k`` from the query string when it is the only parameter and a plain in-range
+        integer (absent: the default); None for anything FastAPI should judge."""
+        if not query:
+            return self.limits.default_k
+        try:
+            pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if len(pairs) != 1 or pairs[0][0] != "k" or not _DIGITS.fullmatch(pairs[0][1]):
+            return None
+        k = int(pairs[0][1])
+        return k if 1 <= k <= self.limits.max_k else None
 
 
 def _is_json(scope: Scope) -> bool:

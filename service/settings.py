@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     # On SIGTERM: keep accepting this long (connections already queued in the kernel are read
     # and answered), then stop accepting and finish what is in flight (at most grace_s).
     shutdown_drain_ms: int = Field(default=200, ge=0, le=60_000)
-    shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
+    shutdown_grace_s: int = Field(default=10, ge=1, le=600)
     admin_token: SecretStr | None = None
     redis_url: SecretStr | None = None
     redis: RedisSettings = RedisSettings()

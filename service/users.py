@@ -17,6 +17,7 @@ import torch
 from index_builder.snapshot import LoadedSnapshot
 from models.encoding import id_feature
 from models.features import UNKNOWN, encode_lists
+from models.towers import FrozenTower
 from service.errors import ServiceError
 from service.schemas import RecallRequest
 
@@ -44,7 +45,7 @@ class UserEncoder:
         self.profile_names = [f.name for f in spec.features if f.kind != "history"]
         self.history_names = [name for name, _ in self.history_features]
         self.blank = spec.encode({}, 1)  # every profile feature unknown
-        self.model = snapshot.artifact.model
+        self.tower = FrozenTower(snapshot.artifact.model.user_tower)  # same vectors, less overhead
 
     def resolve(self, request: RecallRequest) -> UserQuery:
         """Request -> tower inputs; raises ServiceError ``unknown_feature`` for bad names."""
@@ -113,5 +114,5 @@ class UserEncoder:
             for name in names
         }
         with torch.inference_mode():
-            vectors = self.model.user_vectors(batch)
+            vectors = self.tower(batch)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from models.features import FeatureDef, FeatureSpec
-from models.towers import Tower
+from models.towers import FrozenTower, Tower
 from models.two_tower import ModelConfig, TwoTower
 
 ITEM_VOCAB = 6
@@ -111,3 +111,30 @@ def test_history_table_has_a_row_per_item_id_whatever_the_id_feature_is_named(
     assert model.user_tower.embeddings["history"].num_embeddings == ITEM_VOCAB + 1
     vectors = model.eval().user_vectors(user_batch())  # token 6 is the last item row
     assert vectors.shape == (4, 4)
+
+
+@pytest.mark.parametrize("hidden", [[16], [16, 12], []])
+def test_frozen_tower_gives_bit_identical_vectors(hidden: list[int]) -> None:
+    torch.manual_seed(0)
+    model = Tower(user_spec(), hidden, 8, dropout=0.3, item_vocab_size=ITEM_VOCAB).eval()
+    frozen = FrozenTower(model)
+    batch = user_batch()
+    with torch.inference_mode():
+        assert torch.equal(frozen(batch), model(batch))
+        one = {name: value[3:4] for name, value in batch.items()}
+        assert torch.equal(frozen(one), model(one))
+
+
+def test_frozen_tower_shares_the_weights() -> None:
+    model = tower().eval()
+    frozen = FrozenTower(model)
+    with torch.no_grad():
+        model.mlp[-1].weight.mul_(-1.0)
+    assert torch.equal(frozen(user_batch()), model(user_batch()))
+
+
+def test_frozen_tower_refuses_layers_it_does_not_know() -> None:
+    model = tower()
+    model.mlp.append(torch.nn.ReLU())
+    with pytest.raises(TypeError, match="ReLU"):
+        FrozenTower(model)

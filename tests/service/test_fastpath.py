@@ -1,0 +1,82 @@
+"""The hot routes' fast path answers what FastAPI's routes would, and hands them the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from index_builder.snapshot import LoadedSnapshot
+from service.fastpath import RecallFastPath
+from service.settings import Limits
+from tests.service.client import AppClient
+
+
+def fast_path(**limits: Any) -> RecallFastPath:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:  # never called here
+        raise AssertionError("unexpected call")
+
+    route: Any = None
+    return RecallFastPath(app, Any, route, route, Limits(**limits))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("query", "k"),
+    [
+        (b"", 100),
+        (b"k=5", 5),
+        (b"k=1000", 1000),
+        (b"k=%35", 5),  # percent-decoded, as FastAPI reads it
+        (b"k=0", None),
+        (b"k=1001", None),
+        (b"k=-1", None),
+        (b"k=5.0", None),
+        (b"k=", None),
+        (b"k=5&k=6", None),
+        (b"k=5&debug=1", None),
+        (b"limit=5", None),
+        (b"k=99999999999999999999", None),
+        (b"k=\xff", None),
+    ],
+)
+def test_k_is_taken_only_when_plain_and_in_range(query: bytes, k: int | None) -> None:
+    """Anything but one plain in-range ``k`` is left to FastAPI (None)."""
+    assert fast_path(max_k=1000, default_k=100)._k(query) == k
+
+
+def without_timing(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if key != "took_ms"}
+
+
+def test_similar_fast_and_routed_answers_are_the_same(
+    client: AppClient, newest: LoadedSnapshot
+) -> None:
+    item = newest.item_ids[3]
+    fast = client.get(f"/v1/items/{item}/similar?k=7")
+    routed = client.get(f"/v1/items/{item}/similar?k=7&trace=1")  # extra parameter: FastAPI
+    assert fast.status_code == routed.status_code == 200
+    assert without_timing(fast.json()) == without_timing(routed.json())
+    assert len(fast.json()["items"]) == 7
+    assert fast.headers["content-type"] == routed.headers["content-type"]
+
+
+def test_similar_fast_path_errors_keep_the_routes_shape(client: AppClient) -> None:
+    missing = client.get("/v1/items/no-such-item/similar?k=3")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    bad = client.get("/v1/items/1/similar?k=3.5")
+    assert bad.status_code == 422
+    assert bad.json()["error"]["message"].startswith("query.k:")
+    nested = client.get("/v1/items/a/b/similar")
+    assert nested.status_code == 404
+
+
+def test_fast_path_requests_are_counted_under_their_route(
+    client: AppClient, newest: LoadedSnapshot
+) -> None:
+    assert client.get(f"/v1/items/{newest.item_ids[0]}/similar?k=2").status_code == 200
+    assert client.post("/v1/recall", json={"k": 2}).status_code == 200
+    text = client.get("/metrics").text
+    assert 'route="/v1/items/{item_id}/similar",status="200"' in text
+    assert 'route="/v1/recall",status="200"' in text
