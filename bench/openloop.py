@@ -50,6 +50,11 @@ class StepResult:
         return sum(self.errors.values())
 
 
+# A connection idle this long is closed rather than reused: uvicorn closes keep-alive
+# connections after 5 s idle, and a request sent as it does so is lost on the way.
+IDLE_REUSE_S = 4.0
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight."""
 
@@ -61,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self.header_end = -1
         self.body_length = -1
         self.status = 0
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -118,9 +124,13 @@ class _Client:
 
     def dispatch(self, scheduled: float, request: Request) -> None:
         self.outstanding += 1
-        if self.idle:
-            self.idle.pop().send(scheduled, request)
-            return
+        while self.idle:
+            connection = self.idle.pop()
+            if self.loop.time() - connection.idle_since < IDLE_REUSE_S:
+                connection.send(scheduled, request)
+                return
+            if connection.transport is not None:  # the server may be closing it right now
+                connection.transport.close()
         self.backlog.append((scheduled, request))
         if self.opened < self.max_connections:
             self.opened += 1
@@ -142,6 +152,7 @@ class _Client:
         if self.backlog:
             connection.send(*self.backlog.popleft())
         else:
+            connection.idle_since = self.loop.time()
             self.idle.append(connection)
 
     def done(self, connection: _Connection, scheduled: float, error: str | None) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.types import Receive, Scope, Send
 
 from index_builder.snapshot import LoadedSnapshot
+from service.app import create_app
+from service.batcher import RecallBatcher
+from service.cache import LocalEmbeddingCache
 from service.fastpath import RecallFastPath
 from service.settings import Limits
 from tests.service.client import AppClient
+from tests.service.conftest import make_settings
 
 
 def fast_path(**limits: Any) -> RecallFastPath:
@@ -80,3 +85,32 @@ def test_fast_path_requests_are_counted_under_their_route(
     text = client.get("/metrics").text
     assert 'route="/v1/items/{item_id}/similar",status="200"' in text
     assert 'route="/v1/recall",status="200"' in text
+
+
+def test_requests_that_fall_through_are_counted_once(client: AppClient) -> None:
+    assert client.post("/v1/recall", json={"k": 0}).status_code == 422  # FastAPI answers
+    assert client.get("/v1/items/1/similar?k=x").status_code == 422
+    text = client.get("/metrics").text
+    for labels in (
+        'method="POST",route="/v1/recall",status="422"',
+        'method="GET",route="/v1/items/{item_id}/similar",status="422"',
+    ):
+        assert f"recall_http_request_duration_seconds_count{{{labels}}} 1.0" in text
+    assert "recall_http_requests_in_flight 1.0" in text  # the /metrics request itself
+
+
+def test_an_unexpected_error_on_the_fast_path_is_500_internal(
+    snapshots: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(make_settings(snapshots[0]), cache=LocalEmbeddingCache())
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(RecallBatcher, "recall", broken)
+    with AppClient(app) as client:
+        response = client.post("/v1/recall", json={"k": 3})
+        text = client.get("/metrics").text
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal"
+    assert 'route="/v1/recall",status="500"' in text
