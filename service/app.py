@@ -76,7 +76,6 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
         finally:
             gc.unfreeze()  # give the collector back what start-up froze (tests run many apps)
-            await opened.aclose()
             opened.close()
             torch.set_num_threads(threads[0])  # process-wide; give back what we found
             faiss.omp_set_num_threads(threads[1])

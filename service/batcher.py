@@ -2,11 +2,10 @@
 
 A handler submits a job and awaits its future. The first job of a pass schedules a flush for
 the next pass (``loop.call_soon``; ``max_wait_ms`` > 0 waits that long instead), so every
-request the loop parsed meanwhile joins it. A flush takes up to ``max_size`` requests and
-answers them in a task: one cache read (awaited: while Redis answers, the loop parses and
-batches the next requests), one user-tower forward for the misses and one index search, then
-resolves their futures. Under light load a batch is one request and nothing waits; under
-heavy load the loop spends longer per flush, more requests arrive meanwhile, batches grow.
+request the loop parsed meanwhile joins it. A flush answers up to ``max_size`` requests with
+one cache read, one user-tower forward for the misses and one index search, then resolves
+their futures. Under light load a batch is one request and nothing waits; under heavy load
+the loop spends longer per flush, more requests arrive meanwhile, and batches grow.
 
 Why on the loop and not on worker threads: measured on two cores, the GIL hand-offs between
 a busy event loop and a busy worker (every torch op and FAISS call returns to Python) cost
@@ -59,7 +58,6 @@ class RecallBatcher:
         self.recaller, self.settings, self.metrics = recaller, settings, metrics
         self._pending: deque[_Job] = deque()
         self._scheduled = False
-        self._running: set[asyncio.Task[None]] = set()  # flushes in progress (kept referenced)
 
     async def recall(
         self, engine: RecallEngine, requests: list[RecallRequest], batch: bool = False
@@ -99,13 +97,8 @@ class RecallBatcher:
             self._scheduled = False
         if not jobs:
             return
-        task = asyncio.get_running_loop().create_task(self._run(jobs, size))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _run(self, jobs: list[_Job], size: int) -> None:
         try:
-            outcomes = await self._answer(jobs)
+            outcomes = self._answer(jobs)
         except Exception as exc:  # a bug or a library error: every job of the batch fails
             outcomes = [(job, None, exc) for job in jobs]
         self.metrics.batch_size.observe(size)
@@ -117,16 +110,16 @@ class RecallBatcher:
             else:
                 job.future.set_result(result)
 
-    async def _answer(self, jobs: list[_Job]) -> list[_Outcome]:
+    def _answer(self, jobs: list[_Job]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
         engines = {id(job.engine): job.engine for job in jobs}  # a reload may split a batch
         for key, engine in engines.items():
             mine = [job for job in jobs if id(job.engine) == key]
-            outcomes += await self._recall(engine, [job for job in mine if job.similar is None])
+            outcomes += self._recall(engine, [job for job in mine if job.similar is None])
             outcomes += self._similar(engine, [job for job in mine if job.similar is not None])
         return outcomes
 
-    async def _recall(self, engine: RecallEngine, jobs: list[_Job]) -> list[_Outcome]:
+    def _recall(self, engine: RecallEngine, jobs: list[_Job]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
         ready: list[tuple[_Job, list[Prepared]]] = []
         for job in jobs:
@@ -138,8 +131,7 @@ class RecallBatcher:
             ready.append((job, prepared))
         if not ready:
             return outcomes
-        together = [p for _, batch in ready for p in batch]
-        bodies = iter(await self.recaller.answer_async(engine, together))
+        bodies = iter(self.recaller.answer(engine, [p for _, batch in ready for p in batch]))
         for job, prepared in ready:
             answered = [next(bodies) for _ in prepared]
             outcomes.append((job, answered if job.batch else answered[0], None))

@@ -3,10 +3,6 @@
 The cache is an optimisation and fails open: ``RedisEmbeddingCache`` catches every Redis
 error, reports it, and answers "miss" so the caller computes the vector. A circuit breaker
 stops calling Redis after repeated failures so a dead Redis costs no timeouts per request.
-
-Reads come in two forms: ``get_many`` blocks the calling thread for the round trip;
-``aget_many`` awaits it, so the event loop serves other requests meanwhile (the service's
-hot path: a blocking read held the loop for about as long as the user tower takes).
 """
 
 from __future__ import annotations
@@ -19,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import redis
-import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -38,10 +32,6 @@ class EmbeddingCache(Protocol):
         """One value (or None for a miss) per key, in order; never raises."""
         ...
 
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """``get_many`` without blocking the event loop; never raises."""
-        ...
-
     def set_many(self, values: Mapping[str, bytes], ttl_s: int) -> None:
         """Store values with a time to live; never raises."""
         ...
@@ -55,10 +45,6 @@ class EmbeddingCache(Protocol):
         ...
 
     def close(self) -> None: ...
-
-    async def aclose(self) -> None:
-        """Close what ``aget_many`` opened on the running loop (then call ``close``)."""
-        ...
 
 
 class LocalEmbeddingCache:
@@ -82,9 +68,6 @@ class LocalEmbeddingCache:
                 out.append(entry[1])
         return out
 
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self.get_many(keys)
-
     def set_many(self, values: Mapping[str, bytes], ttl_s: int) -> None:
         expires = self.clock() + ttl_s
         with self._lock:
@@ -104,9 +87,6 @@ class LocalEmbeddingCache:
         with self._lock:
             self._entries.clear()
 
-    async def aclose(self) -> None:
-        return None
-
 
 class RedisEmbeddingCache:
     """Redis-backed cache with short timeouts, bounded retries and a circuit breaker.
@@ -119,10 +99,8 @@ class RedisEmbeddingCache:
         client: redis.Redis,
         breaker: CircuitBreaker,
         on_error: Callable[[str], None] = lambda operation: None,
-        aclient: redis.asyncio.Redis | None = None,
     ):
         self.client, self.breaker, self.on_error = client, breaker, on_error
-        self.aclient = aclient  # for aget_many; without one it blocks like get_many
 
     @classmethod
     def from_url(
@@ -141,19 +119,8 @@ class RedisEmbeddingCache:
             ),
             max_connections=settings.max_connections,
         )
-        aclient = redis.asyncio.Redis.from_url(  # connects lazily, on the loop that uses it
-            url,
-            socket_timeout=settings.socket_timeout_ms / 1000,
-            socket_connect_timeout=settings.connect_timeout_ms / 1000,
-            retry=AsyncRetry(
-                ExponentialBackoff(cap=0.05, base=0.005),
-                settings.retries,
-                supported_errors=(redis.ConnectionError,),
-            ),
-            max_connections=settings.max_connections,
-        )
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
-        return cls(client, breaker, on_error, aclient)
+        return cls(client, breaker, on_error)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         misses: list[bytes | None] = [None] * len(keys)
@@ -162,20 +129,6 @@ class RedisEmbeddingCache:
         try:
             values = self.client.mget(list(keys))
         except Exception as exc:  # fails open, whatever went wrong
-            self._failed("get", exc)
-            return misses
-        self.breaker.record(True)
-        return [v if isinstance(v, bytes) else None for v in values]
-
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        if self.aclient is None:
-            return self.get_many(keys)
-        misses: list[bytes | None] = [None] * len(keys)
-        if not keys or not self.breaker.allow():
-            return misses
-        try:
-            values = await self.aclient.mget(list(keys))
-        except Exception as exc:  # fails open, whatever went wrong (a cancellation is not one)
             self._failed("get", exc)
             return misses
         self.breaker.record(True)
@@ -210,10 +163,6 @@ class RedisEmbeddingCache:
 
     def close(self) -> None:
         self.client.close()
-
-    async def aclose(self) -> None:
-        if self.aclient is not None:
-            await self.aclient.aclose()
 
     def _failed(self, operation: str, exc: Exception) -> None:
         if isinstance(exc, redis.RedisError):

@@ -78,35 +78,10 @@ class Recaller:
     def answer(self, engine: RecallEngine, prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
         """Response bodies for requests prepared on ``engine``: one cache read, one tower
         forward for the misses and one index search for all of them."""
-        usable, keys = self._keys(engine, prepared)
-        return self._respond(engine, prepared, usable, keys, self.cache.get_many(keys))
-
-    async def answer_async(
-        self, engine: RecallEngine, prepared: Sequence[Prepared]
-    ) -> list[dict[str, Any]]:
-        """``answer`` with the cache read awaited: the event loop serves other requests
-        while Redis answers."""
-        usable, keys = self._keys(engine, prepared)
-        cached = await self.cache.aget_many(keys) if keys else []
-        return self._respond(engine, prepared, usable, keys, cached)
-
-    def _keys(
-        self, engine: RecallEngine, prepared: Sequence[Prepared]
-    ) -> tuple[list[Prepared], list[str]]:
-        """The prepared requests that have a user vector, and their cache keys."""
         usable = [p for p in prepared if p.query.usable]
-        prefix, version = self.settings.key_prefix, engine.version
-        return usable, [cache_key(prefix, version, p.request) for p in usable]
-
-    def _respond(
-        self,
-        engine: RecallEngine,
-        prepared: Sequence[Prepared],
-        usable: list[Prepared],
-        keys: list[str],
-        cached: list[bytes | None],
-    ) -> list[dict[str, Any]]:
-        vectors, sources = self._vectors(engine, [p.query for p in usable], keys, cached)
+        vectors, sources = self._vectors(
+            engine, [p.request for p in usable], [p.query for p in usable]
+        )
         searched = engine.search(
             vectors,
             [p.request.k for p in usable],
@@ -133,18 +108,15 @@ class Recaller:
         return bodies
 
     def _vectors(
-        self,
-        engine: RecallEngine,
-        queries: list[UserQuery],
-        keys: list[str],
-        cached: list[bytes | None],
+        self, engine: RecallEngine, requests: list[RecallRequest], queries: list[UserQuery]
     ) -> tuple[np.ndarray, list[str]]:
-        """``[len(queries), dim]`` vectors: ``cached`` where present, else the tower (whose
-        vectors are then cached)."""
+        """``[len(queries), dim]`` vectors from the cache where present, else the tower."""
         dim = int(engine.index.d)
         vectors = np.zeros((len(queries), dim), dtype=np.float32)
         if not queries:
             return vectors, []
+        keys = [cache_key(self.settings.key_prefix, engine.version, r) for r in requests]
+        cached = self.cache.get_many(keys)
         sources, missing = [], []
         for i, blob in enumerate(cached):
             if blob is not None and len(blob) == dim * 4:

@@ -47,26 +47,8 @@ class TieredEmbeddingCache:
         missing = [i for i, value in enumerate(found) if value is None]
         if not missing:
             return found
-        return self._merge(keys, found, missing, self.remote.get_many([keys[i] for i in missing]))
-
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        found = self.local.get_many(keys)
-        missing = [i for i, value in enumerate(found) if value is None]
-        if not missing:
-            return found
-        remote = await self.remote.aget_many([keys[i] for i in missing])
-        return self._merge(keys, found, missing, remote)
-
-    def _merge(
-        self,
-        keys: Sequence[str],
-        found: list[bytes | None],
-        missing: list[int],
-        remote: list[bytes | None],
-    ) -> list[bytes | None]:
-        """``found`` with the remote's answers for the ``missing`` positions (hits fill local)."""
         hits = {}
-        for i, value in zip(missing, remote, strict=True):
+        for i, value in zip(missing, self.remote.get_many([keys[i] for i in missing]), strict=True):
             if value is not None:
                 found[i] = hits[keys[i]] = value
         if hits:
@@ -97,9 +79,6 @@ class TieredEmbeddingCache:
         while self._writes.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.002)
         return not self._writes.unfinished_tasks
-
-    async def aclose(self) -> None:
-        await self.remote.aclose()
 
     def close(self) -> None:
         self._writes.put(None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import pytest
 import redis
 
 from service.app import create_app
-from service.cache import RedisEmbeddingCache
 from service.settings import RedisSettings
-from tests.integration.conftest import REDIS_URL, RedisProcess, free_port, wait_until
+from tests.integration.conftest import REDIS_URL, RedisProcess, wait_until
 from tests.service.client import AppClient
 from tests.service.conftest import make_settings
 from tests.service.fixtures import ADMIN_TOKEN
@@ -111,29 +109,3 @@ def test_requests_succeed_while_redis_is_paused(
     own_redis.resume()
     wait_until(lambda: cache_state(client) == "ok", 10, "readiness to see Redis again")
     assert source(client, {"user_id": "3"}) == "cache"  # written before the pause
-
-
-def test_awaited_reads_answer_like_blocking_ones_and_fail_open(
-    real_redis: redis.Redis, key_prefix: str
-) -> None:
-    real_redis.set(f"{key_prefix}:a", b"\x01\x02", ex=60)
-    errors: list[str] = []
-    cache = RedisEmbeddingCache.from_url(REDIS_URL, RedisSettings(), on_error=errors.append)
-    keys = [f"{key_prefix}:missing", f"{key_prefix}:a"]
-
-    async def read(on: RedisEmbeddingCache) -> list[bytes | None]:
-        try:
-            return await on.aget_many(keys)
-        finally:
-            await on.aclose()
-
-    assert asyncio.run(read(cache)) == cache.get_many(keys) == [None, b"\x01\x02"]
-    cache.close()
-    assert errors == []
-    quick = RedisSettings(socket_timeout_ms=50, connect_timeout_ms=50, retries=0)
-    dead = RedisEmbeddingCache.from_url(
-        f"redis://127.0.0.1:{free_port()}/0", quick, on_error=errors.append
-    )
-    assert asyncio.run(read(dead)) == [None, None]  # nothing listens there: misses, no raise
-    assert errors == ["get"]
-    dead.close()

@@ -4,7 +4,6 @@ and a request that fails validation fails alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -94,43 +93,3 @@ def test_a_bad_request_fails_alone_and_similar_items_share_the_pass(
     assert item not in [i["item_id"] for i in similar["items"]]
     assert isinstance(missing, ServiceError) and missing.code == "not_found"
     assert batches(metrics)[0] == 1.0
-
-
-class SlowRemoteCache(LocalEmbeddingCache):
-    """An in-process cache whose awaited reads wait for ``release`` (a slow Redis)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = asyncio.Event()
-        self.reads = 0
-
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        self.reads += 1
-        await self.release.wait()
-        return self.get_many(keys)
-
-
-def test_the_loop_answers_other_requests_while_a_cache_read_is_pending(
-    engine: RecallEngine,
-) -> None:
-    cache = SlowRemoteCache()
-    metrics = Metrics()
-    slow = RecallBatcher(Recaller(cache, metrics, CacheSettings()), BatchSettings(), metrics)
-    item = str(engine.snapshot.item_ids[0])
-
-    async def run() -> tuple[bool, dict, dict]:
-        waiting = asyncio.ensure_future(slow.recall(engine, [RecallRequest(user_id="1", k=3)]))
-        for _ in range(1000):  # a few loop passes: the first batch starts its cache read
-            if cache.reads:
-                break
-            await asyncio.sleep(0)
-        assert cache.reads == 1
-        similar = await asyncio.wait_for(slow.similar(engine, item, 2), timeout=10)
-        pending_meanwhile = not waiting.done()
-        cache.release.set()
-        return pending_meanwhile, similar, await asyncio.wait_for(waiting, timeout=10)
-
-    pending_meanwhile, similar, recalled = asyncio.run(run())
-    assert pending_meanwhile  # the similar-items batch was answered while the read waited
-    assert len(similar["items"]) == 2
-    assert len(recalled["items"]) == 3 and recalled["user"]["source"] == "computed"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Mapping, Sequence
-
-import pytest
 
 from service.cache import CacheState, LocalEmbeddingCache
 from service.tiered import TieredEmbeddingCache
@@ -25,9 +22,6 @@ class FakeRemote:
         self.gets.append(list(keys))
         return [self.values.get(key) for key in keys]
 
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self.get_many(keys)
-
     def set_many(self, values: Mapping[str, bytes], ttl_s: int) -> None:
         self.gate.wait(5)
         self.values.update(values)
@@ -41,23 +35,15 @@ class FakeRemote:
     def close(self) -> None:
         return None
 
-    async def aclose(self) -> None:
-        return None
 
-
-@pytest.mark.parametrize("awaited", [False, True])
-def test_reads_ask_the_remote_only_for_local_misses_and_keep_its_hits(awaited: bool) -> None:
+def test_reads_ask_the_remote_only_for_local_misses_and_keep_its_hits() -> None:
     remote = FakeRemote()
     remote.values = {"b": b"2"}
     cache = TieredEmbeddingCache(LocalEmbeddingCache(10), remote, ttl_s=60)
     cache.local.set_many({"a": b"1"}, 60)
-
-    def read(keys: list[str]) -> list[bytes | None]:
-        return asyncio.run(cache.aget_many(keys)) if awaited else cache.get_many(keys)
-
-    assert read(["a", "b", "c"]) == [b"1", b"2", None]
+    assert cache.get_many(["a", "b", "c"]) == [b"1", b"2", None]
     assert remote.gets == [["b", "c"]]
-    assert read(["b"]) == [b"2"]  # now local
+    assert cache.get_many(["b"]) == [b"2"]  # now local
     assert remote.gets == [["b", "c"]]
     cache.close()
 
