@@ -13,7 +13,10 @@ log = logging.getLogger(__name__)
 class CircuitBreaker:
     """Closed -> open after ``failures`` consecutive failures -> half-open after ``cooldown_s``.
 
-    Half-open lets one call through: success closes the breaker, failure opens it again.
+    Half-open lets one call through: success closes the breaker, failure opens it again. A
+    failure recorded as ``costly`` (a call that waited out its whole timeout) opens it at once:
+    the next calls would each wait as long, and on an event loop every such wait stalls all
+    requests, so counting to ``failures`` would cost that many timeouts back to back.
     """
 
     def __init__(
@@ -41,7 +44,7 @@ class CircuitBreaker:
             self._trial_at = now  # half-open: this caller is the one trial
             return True
 
-    def record(self, ok: bool) -> None:
+    def record(self, ok: bool, costly: bool = False) -> None:
         with self._lock:
             self._trial_at = None
             if ok:
@@ -50,11 +53,12 @@ class CircuitBreaker:
                 self.failures, self.opened_at = 0, None
                 return
             self.failures += 1
-            if self.failures >= self.threshold or self.opened_at is not None:
+            if self.failures >= self.threshold or costly or self.opened_at is not None:
                 if self.opened_at is None:
                     log.warning(
-                        "%s failed %d times in a row: circuit open", self.name, self.failures
-                    )
+                        "%s failed %d times in a row%s: circuit open",
+                        self.name, self.failures, " (timed out)" if costly else "",
+                    )  # fmt: skip
                 self.opened_at = self.clock()
 
     @property

@@ -170,4 +170,5 @@ class RedisEmbeddingCache:
         else:
             log.warning("redis %s failed unexpectedly", operation, exc_info=exc)
         self.on_error(operation)
-        self.breaker.record(False)
+        # a timeout held the caller for the whole socket timeout: open the circuit at once
+        self.breaker.record(False, costly=isinstance(exc, redis.TimeoutError))

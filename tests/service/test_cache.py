@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import redis
+
 from service.breaker import CircuitBreaker
 from service.cache import LocalEmbeddingCache, RedisEmbeddingCache
 from service.recaller import cache_key
@@ -51,6 +53,38 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown(
     assert breaker.allow()
     breaker.record(True)
     assert breaker.healthy and breaker.allow()
+
+
+def test_a_costly_failure_opens_the_breaker_at_once() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=5, cooldown_s=5.0, clock=clock)
+    breaker.record(False)
+    assert breaker.allow()  # one cheap failure of five
+    breaker.record(False, costly=True)
+    assert not breaker.allow()
+    clock.now = 5.0
+    assert breaker.allow()  # half-open as usual
+    breaker.record(True)
+    assert breaker.healthy
+
+
+class TimingOut:
+    """A redis client whose every command waits out its timeout."""
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_redis_timeout_opens_the_circuit_after_one_call() -> None:
+    errors: list[str] = []
+    breaker = CircuitBreaker(failures=5, cooldown_s=60.0)
+    cache = RedisEmbeddingCache(TimingOut(), breaker, errors.append)  # type: ignore[arg-type]
+    assert cache.get_many(["a"]) == [None]
+    assert cache.get_many(["a"]) == [None]  # not asked again: the circuit is open
+    assert errors == ["get"] and cache.state() == "degraded"
 
 
 def closed_port() -> int:
