@@ -11,7 +11,7 @@ from models.features import FeatureConfigError, FeatureDef
 from models.losses import LOSSES
 from models.two_tower import ModelConfig
 
-SAMPLERS = ("uniform", "popularity")
+SAMPLERS = ("auto", "uniform", "popularity")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,12 @@ class TrainSettings:
     num_negatives: int = 3  # pointwise / pairwise negatives per positive
     margin: float = 0.2  # pairwise-hinge
     sampled_negatives: int = 0  # listwise: extra shared negatives per batch
-    sampler: str = "popularity"  # uniform | popularity (sampled negatives)
+    # Sampled negatives: auto | uniform | popularity. ``auto`` is popularity (count^0.75) for
+    # listwise, whose logQ correction undoes the sampling bias, and uniform for pointwise and
+    # pairwise, which have no correction: popularity-sampled negatives there teach the model
+    # to rank popular items down (measured on ml-100k random-811, seed 0: Recall@10 0.129 ->
+    # 0.236 pointwise, 0.087 -> 0.182 pairwise-logistic with uniform negatives).
+    sampler: str = "auto"
     log_q: bool = True  # listwise logQ correction
     log_q_weight: float = 1.0  # scale of the correction (1 = the unbiased full-softmax estimate)
     hard_negatives: int = 0  # listwise: per-row hard negatives mined from the current model
@@ -46,6 +51,13 @@ class TrainSettings:
             raise ValueError(f"[train] loss {self.loss!r} is not one of {LOSSES}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"[train] sampler {self.sampler!r} is not one of {SAMPLERS}")
+
+    @property
+    def negative_sampler(self) -> str:
+        """The sampler in effect: ``sampler`` with ``auto`` resolved for ``loss``."""
+        if self.sampler != "auto":
+            return self.sampler
+        return "popularity" if self.loss == "listwise" else "uniform"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainSettings:

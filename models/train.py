@@ -83,7 +83,7 @@ class TwoTowerTrainTask:
         train_items = data.inter_items[inputs.histories.source_rows]
         self.counts = torch.from_numpy(np.bincount(train_items, minlength=data.n_items)).float()
         self.generator = torch.Generator().manual_seed(seed)
-        if settings.sampler == "uniform":
+        if settings.negative_sampler == "uniform":
             self.sampler: UniformSampler | PopularitySampler = UniformSampler(
                 data.n_items, self.generator
             )

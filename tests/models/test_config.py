@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models.config import TrainConfig, load_config
+from models.config import TrainConfig, TrainSettings, load_config
 from models.features import FeatureConfigError, FeatureDef
 
 from .conftest import ML100K_CONFIG
@@ -94,3 +94,21 @@ def test_load_config_rejects_a_bad_config_naming_the_file_and_the_problem(
 def test_load_config_of_a_missing_file_raises_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("loss", "sampler", "in_effect"),
+    [
+        ("listwise", "auto", "popularity"),  # its logQ correction undoes the sampling bias
+        ("pointwise", "auto", "uniform"),
+        ("pairwise-hinge", "auto", "uniform"),
+        ("pairwise-logistic", "auto", "uniform"),
+        ("pointwise", "popularity", "popularity"),  # an explicit choice wins
+        ("listwise", "uniform", "uniform"),
+    ],
+)
+def test_auto_sampler_is_popularity_only_for_the_corrected_loss(
+    loss: str, sampler: str, in_effect: str
+) -> None:
+    assert TrainSettings(loss=loss, sampler=sampler).negative_sampler == in_effect
+    assert TrainSettings().sampler == "auto"
