@@ -9,6 +9,13 @@ from torch import Tensor, nn
 from models.features import UNKNOWN, FeatureSpec
 
 
+def mean_pool(embedded: Tensor, tokens: Tensor) -> Tensor:
+    """``[B, L, D]`` embeddings of ``[B, L]`` tokens -> ``[B, D]`` mean over non-padding ones
+    (zeros for a row of padding only)."""
+    mask = (tokens != UNKNOWN).unsqueeze(-1).float()
+    return (embedded * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 class Tower(nn.Module):
     """One side of the two-tower model.
 
@@ -66,9 +73,7 @@ class Tower(nn.Module):
                 if feature.kind == "history" and self.training and self.history_dropout > 0:
                     drop = torch.rand(value.shape[0], 1, device=value.device) < self.history_dropout
                     value = value.masked_fill(drop, UNKNOWN)
-                mask = (value != UNKNOWN).unsqueeze(-1).float()
-                summed = (table(value) * mask).sum(1)
-                parts.append(summed / mask.sum(1).clamp(min=1.0))
+                parts.append(mean_pool(table(value), value))
                 continue
             if feature.kind == "id" and self.training and self.id_dropout > 0:
                 drop = torch.rand(value.shape, device=value.device) < self.id_dropout
@@ -109,9 +114,7 @@ class FrozenTower:
             if weight is None:
                 parts.append(value.float())
             elif kind in ("multi_hot", "history"):
-                mask = (value != UNKNOWN).unsqueeze(-1).float()
-                summed = (F.embedding(value, weight) * mask).sum(1)
-                parts.append(summed / mask.sum(1).clamp(min=1.0))
+                parts.append(mean_pool(F.embedding(value, weight), value))
             else:
                 parts.append(F.embedding(value, weight))
         hidden = torch.cat(parts, dim=-1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -70,13 +71,9 @@ class RecallFastPath:
             await self.app(scope, _replay(body, receive), send)
             return
         scope["route"] = self.route
-        services: Any = scope["state"]["services"]
-        try:
-            engine = services.holder.require()
-            response = JSONBody(await services.batcher.recall(engine, [request]))
-        except ServiceError as exc:
-            response = error_response(exc.code, exc.message, exc.headers)
-        await response(scope, receive, send)
+        await _answer(
+            scope, receive, send, lambda batcher, engine: batcher.recall(engine, [request])
+        )
 
     async def _similar(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _SIMILAR.fullmatch(scope["path"])
@@ -85,13 +82,10 @@ class RecallFastPath:
             await self.app(scope, receive, send)  # FastAPI answers (404, 422, ...)
             return
         scope["route"] = self.similar_route
-        services: Any = scope["state"]["services"]
-        try:
-            engine = services.holder.require()
-            response = JSONBody(await services.batcher.similar(engine, match[1], k))
-        except ServiceError as exc:
-            response = error_response(exc.code, exc.message, exc.headers)
-        await response(scope, receive, send)
+        item_id = match[1]
+        await _answer(
+            scope, receive, send, lambda batcher, engine: batcher.similar(engine, item_id, k)
+        )
 
     def _k(self, query: bytes) -> int | None:
         """``k`` from the query string when it is the only parameter and a plain in-range
@@ -106,6 +100,18 @@ class RecallFastPath:
             return None
         k = int(pairs[0][1])
         return k if 1 <= k <= self.limits.max_k else None
+
+
+async def _answer(
+    scope: Scope, receive: Receive, send: Send, call: Callable[[Any, Any], Awaitable[Any]]
+) -> None:
+    """Send ``call(batcher, engine)``'s body as JSON, or the error shape of a ServiceError."""
+    services: Any = scope["state"]["services"]
+    try:
+        response = JSONBody(await call(services.batcher, services.holder.require()))
+    except ServiceError as exc:
+        response = error_response(exc.code, exc.message, exc.headers)
+    await response(scope, receive, send)
 
 
 def _is_json(scope: Scope) -> bool:
