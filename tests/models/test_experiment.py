@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from models import experiment
 from models.artifact import load_artifact
+from models.config import TrainConfig
 from models.data import load_dataset, make_split
-from models.experiment import TABLE_METRICS, data_info, format_table
+from models.experiment import (
+    TABLE_METRICS,
+    data_info,
+    fit_on,
+    format_table,
+    profile_only,
+    run_training,
+)
+from models.features import UNKNOWN
 from models.losses import LOSSES
+from models.train import Inputs
+from models.two_tower import TwoTower
 
 from .conftest import Trained
 
@@ -84,3 +98,45 @@ def test_format_table_has_a_row_per_method_and_dashes_for_absent_metrics() -> No
         "two-tower        0.2500           -",
         "ease             1.0000      0.5000",
     ]
+
+
+def test_profile_only_blanks_the_user_id_and_history_and_keeps_the_profile(
+    tiny_config: TrainConfig, tiny_data_dir: Path
+) -> None:
+    dataset = load_dataset(tiny_data_dir)
+    split = make_split(dataset.interactions, "cold-users", 0)
+    fitted = fit_on(tiny_config, dataset, split, split.train, None)
+    rows = np.arange(fitted.data.n_users)
+    before = fitted.inputs.users(rows)
+    after = profile_only(fitted.inputs, fitted.user_spec).users(rows)
+    assert (before["user_id"] != UNKNOWN).any() and (before["history"] != 0).any()
+    assert (after["user_id"] == UNKNOWN).all()
+    assert (after["history"] == 0).all()  # an empty, all-padding history
+    for name in ("age", "gender", "occupation", "zip_prefix"):
+        assert torch.equal(after[name], before[name]), name
+
+
+@pytest.mark.parametrize(("protocol", "blank"), [("cold-users", True), ("leave-last-out", False)])
+def test_cold_users_validation_scores_users_from_their_profile_alone(
+    tiny_config: TrainConfig,
+    tiny_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    protocol: str,
+    blank: bool,
+) -> None:
+    # Held-out users are scored from profile features only, so early stopping must judge the
+    # model the same way; the test-time call scores through the ordinary inputs.
+    seen: list[bool] = []
+    real = experiment.model_metrics
+
+    def recording(model: TwoTower, inputs: Inputs, *args: Any) -> dict[str, float]:
+        ids = inputs.data.user_features["user_id"]
+        seen.append(bool((ids == UNKNOWN).all()) and len(inputs.histories.items) == 0)
+        return real(model, inputs, *args)
+
+    monkeypatch.setattr(experiment, "model_metrics", recording)
+    run_training(tiny_config, protocol, tmp_path / "run", progress=False)
+    validations, test = seen[:-1], seen[-1]
+    assert validations and all(v == blank for v in validations)
+    assert test is False
