@@ -44,8 +44,16 @@ STAGES: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
     "user features -> tensors": ("service/users.py", "models/features.py"),
     "user tower forward (torch)": ("torch/", "models/towers.py", "models/two_tower.py"),
-    "index search (FAISS)": ("faiss/", "search ("),
-    "exclusion + over-fetch": ("_excluded", "service/engine.py"),
+    "index search (FAISS)": ("faiss/",),
+    # our own frames around the search; not "service/engine.py" as a whole, which also holds
+    # RecallEngine.embed (the tower) and RecallEngine.search (FAISS)
+    "exclusion, over-fetch and answer items": (
+        "Recaller._excluded",
+        "RecallEngine._keep",
+        "RecallEngine._first_fetch",
+        "RecallEngine.items",
+        "_member (",
+    ),
     "response JSON (orjson / fastapi jsonable_encoder)": (
         "orjson",
         "jsonable_encoder",
