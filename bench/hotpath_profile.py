@@ -42,7 +42,13 @@ STAGES: dict[str, tuple[str, ...]] = {
         "service/cache.py",
         "service/tiered.py",
     ),  # fmt: skip
-    "user features -> tensors": ("service/users.py", "models/features.py"),
+    # not "service/users.py" as a whole: UserEncoder.embed also holds the tower forward
+    "user features -> tensors": (
+        "UserEncoder.resolve",
+        "UserEncoder._encode_features",
+        "UserEncoder.embed.<locals>",
+        "models/features.py",
+    ),
     "user tower forward (torch)": ("torch/", "models/towers.py", "models/two_tower.py"),
     "index search (FAISS)": ("faiss/",),
     # our own frames around the search; not "service/engine.py" as a whole, which also holds
