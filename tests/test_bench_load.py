@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,7 +17,6 @@ def load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_load", BENCH / "load.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_load"] = module
     spec.loader.exec_module(module)
     return module
 
