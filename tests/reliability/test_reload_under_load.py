@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from tests.reliability.conftest import ADMIN, REDIS_URL, Server
 
 pytestmark = pytest.mark.slow
 RELOADS = 20
+PER_RELOAD = 6  # answers the clients get before each reload
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until true or ``timeout_s`` (the assertions then say what failed)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def test_twenty_reloads_under_load_answer_every_request_from_one_snapshot(
@@ -52,6 +61,11 @@ def test_twenty_reloads_under_load_answer_every_request_from_one_snapshot(
         with server.client(timeout_s=60) as admin:
             order = [versions["a"], versions["b"]]
             for n in range(RELOADS):
+                # Every snapshot state sees traffic: a reload is faster than a request on a
+                # quick machine, so without this wait the 20 reloads can end before the
+                # clients have sent much at all.
+                want = PER_RELOAD * (n + 1)
+                _wait_for(lambda: len(answers) >= want or bool(failures))  # noqa: B023 (called at once)
                 response = admin.post(
                     "/admin/reload", headers=ADMIN, json={"version": order[n % 2]}
                 )
