@@ -40,6 +40,9 @@ class TrainSettings:
     hard_skip_top: int = 10
     remove_accidental_hits: bool = True
     mask_known_positives: bool = True  # listwise: a user's other training items are not negatives
+    # > 0: early stopping validates, and the run keeps, an exponential moving average of the
+    # weights (see models.train.WeightAverage) instead of the last optimiser step's weights.
+    ema_decay: float = 0.0
     refit: bool = True  # after early stopping, retrain on train + valid for the best epoch count
     seed: int = 0
     sparse_rows: int = 100_000  # embedding tables this big train with sparse gradients
@@ -51,6 +54,8 @@ class TrainSettings:
             raise ValueError(f"[train] loss {self.loss!r} is not one of {LOSSES}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"[train] sampler {self.sampler!r} is not one of {SAMPLERS}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
 
     @property
     def negative_sampler(self) -> str:

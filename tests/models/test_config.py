@@ -80,6 +80,7 @@ lit = re.escape
         (r"^\[dataset\]$", "[dataset", "edited.toml"),
         (r"^loss = .*$", 'loss = "list-wise"', "loss 'list-wise' is not one of"),
         (r"^\[train\]$", '[train]\nsampler = "zipf"', "sampler 'zipf' is not one of"),
+        (r"^ema_decay = .*$", "ema_decay = 1.0", r"ema_decay must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_load_config_rejects_a_bad_config_naming_the_file_and_the_problem(

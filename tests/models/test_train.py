@@ -18,7 +18,14 @@ from models.evaluate import interaction_matrix
 from models.experiment import model_metrics
 from models.features import FeatureSpec
 from models.losses import LOSSES
-from models.train import Inputs, TwoTowerTrainTask, train_model
+from models.train import (
+    Inputs,
+    TrainResult,
+    TwoTowerTrainTask,
+    WeightAverage,
+    averaged,
+    train_model,
+)
 from models.two_tower import TwoTower
 
 
@@ -119,6 +126,83 @@ def test_early_stopping_restores_the_weights_of_the_best_epoch(prepared: Prepare
     restored = model.state_dict()
     assert all(torch.equal(restored[name], seen[1][name]) for name in restored)
     assert not torch.equal(restored["item_tower.mlp.1.weight"], seen[3]["item_tower.mlp.1.weight"])
+
+
+def test_weight_average_starts_from_the_initial_weights_and_decays() -> None:
+    layer = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ema = WeightAverage(layer, decay=0.75)
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    ema.update(layer)
+    assert ema.shadow["weight"].item() == pytest.approx(0.75 * 1.0 + 0.25 * 3.0)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+    ema.update(layer)
+    assert ema.shadow["weight"].item() == pytest.approx(0.75 * 1.5 + 0.25 * 5.0)
+    for _ in range(60):  # the start's share 0.75 ** n vanishes
+        ema.update(layer)
+    assert ema.shadow["weight"].item() == pytest.approx(5.0)
+    assert layer.weight.item() == 5.0  # the model's own weights are never touched
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="ema_decay"):
+            WeightAverage(layer, decay=bad)
+
+
+def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
+    layer = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+    ema = WeightAverage(layer, decay=0.9)
+    with torch.no_grad():
+        layer.weight.fill_(4.0)
+    ema.update(layer)
+    average = ema.shadow["weight"].item()
+    with pytest.raises(RuntimeError, match="inside"), averaged(ema, layer):
+        assert layer.weight.item() == pytest.approx(average)
+        raise RuntimeError("inside")
+    assert layer.weight.item() == 4.0
+    with averaged(None, layer):
+        assert layer.weight.item() == 4.0
+
+
+def test_weight_averaging_validates_and_keeps_the_average_and_trains_the_same_path(
+    prepared: Prepared,
+) -> None:
+    def run(decay: float) -> tuple[TrainResult, list[dict[str, Tensor]], dict[str, Tensor]]:
+        scores = iter([0.1, 0.5, 0.3, 0.2])
+        seen: list[dict[str, Tensor]] = []
+
+        def validate(model: TwoTower) -> dict[str, float]:
+            seen.append(weights(model))
+            return {"recall@10": next(scores)}
+
+        model = prepared.model()
+        settings = prepared.settings(epochs=4, patience=2, ema_decay=decay)
+        result = train_model(model, prepared.inputs, settings, validate, progress=False)
+        return result, seen, weights(model)
+
+    runs = {decay: run(decay) for decay in (0.0, 0.9)}
+    (plain, plain_seen, _), (ema, ema_seen, ema_final) = runs[0.0], runs[0.9]
+    # The average does not steer training: the same batches give the same losses.
+    assert [r["loss"] for r in plain.history] == [r["loss"] for r in ema.history]
+    key = "item_tower.mlp.1.weight"
+    assert all(not torch.equal(a[key], b[key]) for a, b in zip(plain_seen, ema_seen, strict=True))
+    assert ema.best_epoch == 2
+    assert all(torch.equal(ema_final[name], ema_seen[1][name]) for name in ema_final)
+
+
+def test_training_without_validation_ends_on_the_average(prepared: Prepared) -> None:
+    finals = []
+    for decay in (0.0, 0.9):
+        model = prepared.model()
+        settings = prepared.settings(epochs=2, ema_decay=decay)
+        result = train_model(model, prepared.inputs, settings, None, progress=False)
+        assert result.best_epoch == 2
+        finals.append(weights(model))
+    key = "item_tower.mlp.1.weight"
+    assert not torch.equal(finals[0][key], finals[1][key])
 
 
 def test_training_batches_see_the_history_before_each_entry_and_users_the_latest(
