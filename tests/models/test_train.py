@@ -128,17 +128,24 @@ def test_early_stopping_restores_the_weights_of_the_best_epoch(prepared: Prepare
     assert not torch.equal(restored["item_tower.mlp.1.weight"], seen[3]["item_tower.mlp.1.weight"])
 
 
-def test_weight_average_starts_from_the_initial_weights_and_decays() -> None:
+def one_weight(value: float) -> torch.nn.Linear:
     layer = torch.nn.Linear(1, 1, bias=False)
+    set_weight(layer, value)
+    return layer
+
+
+def set_weight(layer: torch.nn.Linear, value: float) -> None:
     with torch.no_grad():
-        layer.weight.fill_(1.0)
+        layer.weight.fill_(value)
+
+
+def test_weight_average_starts_from_the_initial_weights_and_decays() -> None:
+    layer = one_weight(1.0)
     ema = WeightAverage(layer, decay=0.75)
-    with torch.no_grad():
-        layer.weight.fill_(3.0)
+    set_weight(layer, 3.0)
     ema.update(layer)
     assert ema.shadow["weight"].item() == pytest.approx(0.75 * 1.0 + 0.25 * 3.0)
-    with torch.no_grad():
-        layer.weight.fill_(5.0)
+    set_weight(layer, 5.0)
     ema.update(layer)
     assert ema.shadow["weight"].item() == pytest.approx(0.75 * 1.5 + 0.25 * 5.0)
     for _ in range(60):  # the start's share 0.75 ** n vanishes
@@ -151,12 +158,9 @@ def test_weight_average_starts_from_the_initial_weights_and_decays() -> None:
 
 
 def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
-    layer = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        layer.weight.fill_(2.0)
+    layer = one_weight(2.0)
     ema = WeightAverage(layer, decay=0.9)
-    with torch.no_grad():
-        layer.weight.fill_(4.0)
+    set_weight(layer, 4.0)
     ema.update(layer)
     average = ema.shadow["weight"].item()
     with pytest.raises(RuntimeError, match="inside"), averaged(ema, layer):
