@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from models.features import FeatureConfigError, FeatureDef
 from models.losses import LOSSES
+from models.teacher import TEACHERS
 from models.two_tower import ModelConfig
 
 SAMPLERS = ("auto", "uniform", "popularity")
@@ -43,6 +45,13 @@ class TrainSettings:
     # > 0: early stopping validates, and the run keeps, an exponential moving average of the
     # weights (see models.train.WeightAverage) instead of the last optimiser step's weights.
     ema_decay: float = 0.0
+    # Distillation (models.teacher): add teacher_weight * cross-entropy against the teacher's
+    # softmax over the catalogue to the loss. "ease" needs a catalogue EASE can invert (20k
+    # items); "none" = off.
+    teacher: str = "none"
+    teacher_weight: float = 1.0
+    teacher_temperature: float = 0.05
+    teacher_reg: float = 250.0  # EASE's L2 weight, as the baseline's
     refit: bool = True  # after early stopping, retrain on train + valid for the best epoch count
     seed: int = 0
     sparse_rows: int = 100_000  # embedding tables this big train with sparse gradients
@@ -56,6 +65,13 @@ class TrainSettings:
             raise ValueError(f"[train] sampler {self.sampler!r} is not one of {SAMPLERS}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"[train] teacher {self.teacher!r} is not one of {TEACHERS}")
+        for key in ("teacher_temperature", "teacher_reg"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise ValueError(f"[train] {key} must be a finite number > 0")
+        if not (math.isfinite(self.teacher_weight) and self.teacher_weight >= 0):
+            raise ValueError("[train] teacher_weight must be a finite number >= 0")
 
     @property
     def negative_sampler(self) -> str:

@@ -165,3 +165,30 @@ def sampled_softmax(
         logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min / 2)
     targets = torch.arange(batch, device=logits.device)
     return F.cross_entropy(logits, targets)
+
+
+def distillation(
+    user_vectors: Tensor,
+    item_vectors: Tensor,
+    teacher_probs: Tensor,
+    temperature: float,
+    known: Tensor | None = None,
+) -> Tensor:
+    """Mean over users of the cross-entropy of the student's softmax against a teacher's.
+
+    The student's distribution is a softmax over the whole catalogue `item_vectors [n, dim]`
+    of `dot / T`, with `known [batch, n]` (bool; a user's training items) masked out;
+    `teacher_probs [batch, n]` is a distribution over the same columns, zero where known.
+    """
+    _check_temperature(temperature)
+    if user_vectors.dim() != 2 or item_vectors.dim() != 2:
+        raise ValueError("user_vectors and item_vectors must be [batch, dim] and [n, dim]")
+    shape = (user_vectors.shape[0], item_vectors.shape[0])
+    _check_shape("teacher_probs", teacher_probs, shape)
+    logits = user_vectors @ item_vectors.T / temperature
+    if known is not None:
+        _check_shape("known", known, shape)
+        logits = logits.masked_fill(known, torch.finfo(logits.dtype).min / 2)
+    log_probs = F.log_softmax(logits, dim=1)
+    # 0 * (huge negative) is 0, so masked columns add nothing where the teacher gives them 0.
+    return -(teacher_probs * log_probs).sum(dim=1).mean()

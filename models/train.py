@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -18,6 +19,7 @@ from models import losses
 from models.config import TrainSettings
 from models.encoding import EncodedData, Histories
 from models.sampling import PopularitySampler, UniformSampler, hard_negatives, in_batch_log_q
+from models.teacher import EaseTeacher
 from models.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -99,10 +101,45 @@ class TwoTowerTrainTask:
                 inputs.histories.offsets[:-1], inputs.histories.offsets[1:], strict=True
             )
         ]
+        self.teacher: EaseTeacher | None = None
+        if settings.teacher == "ease":
+            train = sp.csr_matrix(
+                (np.ones(len(users), dtype=np.float32), (users, train_items)),
+                shape=(data.n_users, data.n_items),
+            )
+            train.data[:] = 1.0  # a repeated (user, item) pair counts once
+            self.teacher = EaseTeacher(train, settings.teacher_reg, settings.teacher_temperature)
 
     def loss(self, entries: np.ndarray) -> Tensor:
+        """The configured loss of a batch, plus the teacher's term when there is one."""
+        users = self.inputs.data.inter_users[self.inputs.histories.source_rows[entries]]
+        loss = self.task_loss(entries, users)
+        if self.teacher is None or self.settings.teacher_weight == 0:
+            return loss
+        return loss + self.settings.teacher_weight * self.teacher_loss(users)
+
+    def teacher_loss(self, users: np.ndarray) -> Tensor:
+        """Distillation over the whole catalogue for each distinct user of a batch.
+
+        The user vector is the one serving computes (latest history), since the teacher
+        speaks of the user's whole training set.
+        """
+        assert self.teacher is not None
+        distinct = np.unique(users)
+        probs, known = self.teacher.targets(distinct)
+        device = self.inputs.device
+        user_vecs = self.model.user_vectors(self.inputs.users(distinct))
+        item_vecs = self.model.item_vectors(self.inputs.items(np.arange(self.inputs.data.n_items)))
+        return losses.distillation(
+            user_vecs,
+            item_vecs,
+            probs.to(device),
+            self.model.config.temperature,
+            known.to(device),
+        )
+
+    def task_loss(self, entries: np.ndarray, users: np.ndarray) -> Tensor:
         s, h, device = self.settings, self.inputs.histories, self.inputs.device
-        users = self.inputs.data.inter_users[h.source_rows[entries]]
         pos_rows = h.items[entries]
         user_vecs = self.model.user_vectors(self.inputs.users(users, entries))
         pos_vecs = self.model.item_vectors(self.inputs.items(pos_rows))

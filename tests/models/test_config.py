@@ -81,6 +81,14 @@ lit = re.escape
         (r"^loss = .*$", 'loss = "list-wise"', "loss 'list-wise' is not one of"),
         (r"^\[train\]$", '[train]\nsampler = "zipf"', "sampler 'zipf' is not one of"),
         (r"^ema_decay = .*$", "ema_decay = 1.0", r"ema_decay must be in \[0, 1\), got 1.0"),
+        (r"^teacher = .*$", 'teacher = "bert"', "teacher 'bert' is not one of"),
+        (r"^teacher_weight = .*$", "teacher_weight = -1.0", "teacher_weight must be a finite"),
+        (r"^\[train\]$", "[train]\nteacher_reg = 0.0", "teacher_reg must be a finite number > 0"),
+        (
+            r"^\[train\]$",
+            "[train]\nteacher_temperature = nan",
+            "teacher_temperature must be a finite number > 0",
+        ),
     ],
 )
 def test_load_config_rejects_a_bad_config_naming_the_file_and_the_problem(

@@ -7,6 +7,7 @@ import torch
 
 from models.losses import (
     LOSSES,
+    distillation,
     pairwise_hinge,
     pairwise_logistic,
     pointwise_bce,
@@ -206,3 +207,49 @@ def test_sampled_softmax_rejects_mismatched_item_rows() -> None:
 def test_sampled_softmax_needs_negative_item_rows_to_remove_hits() -> None:
     with pytest.raises(ValueError, match="neg_item_rows"):
         sampled_softmax(USERS, POSITIVES, torch.tensor([0, 1]), 1.0, neg_vectors=USERS)
+
+
+# Distillation: user u0=[1,0]; items [1,0], [0,1], [-1,0] give logits 1, 0, -1 at T=1.
+CATALOGUE = t([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+
+
+def test_distillation_is_cross_entropy_against_the_teacher_over_unknown_items() -> None:
+    # Item 2 is known, so the student's softmax is over logits [1, 0]: log p = [1 - L, -L],
+    # L = log(e + 1). Teacher [0.5, 0.5, 0] -> loss = -(0.5 (1 - L) + 0.5 (-L)) = L - 0.5.
+    teacher = t([[0.5, 0.5, 0.0]])
+    known = torch.tensor([[False, False, True]])
+    loss = distillation(t([[1.0, 0.0]]), CATALOGUE, teacher, 1.0, known)
+    assert loss.item() == pytest.approx(math.log(math.e + 1) - 0.5, rel=1e-6)
+
+
+def test_distillation_without_a_mask_spreads_over_the_whole_catalogue_and_averages_rows() -> None:
+    # Row 0 as above but with item 2 in the softmax: L = log(e + 1 + 1/e); row 1 = [0, 1]
+    # has logits [0, 1/0.5=2, 0] at T = 0.5 and a teacher all on item 1: loss log(2 + e^2) - 2.
+    users = t([[1.0, 0.0], [0.0, 1.0]])
+    teacher = t([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    loss = distillation(users, CATALOGUE, teacher, 0.5)
+    row0 = math.log(math.exp(2) + 1 + math.exp(-2)) - 0.5 * 2
+    row1 = math.log(2 + math.exp(2)) - 2
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_distillation_is_lowest_where_the_student_matches_the_teacher() -> None:
+    user = t([[1.0, 0.0]])
+    student = torch.softmax(t([[1.0, 0.0, -1.0]]), dim=1)
+    entropy = -(student * student.log()).sum().item()
+    assert distillation(user, CATALOGUE, student, 1.0).item() == pytest.approx(entropy, rel=1e-6)
+    other = t([[0.1, 0.2, 0.7]])
+    other_entropy = -(other * other.log()).sum().item()
+    assert distillation(user, CATALOGUE, other, 1.0).item() > other_entropy
+
+
+def test_distillation_gradients_are_finite_with_masked_columns() -> None:
+    user = t([[1.0, 0.0]]).requires_grad_()
+    known = torch.tensor([[False, True, True]])
+    distillation(user, CATALOGUE, t([[1.0, 0.0, 0.0]]), 0.1, known).backward()
+    assert user.grad is not None and torch.isfinite(user.grad).all()
+
+
+def test_distillation_rejects_teacher_rows_of_another_shape() -> None:
+    with pytest.raises(ValueError, match="teacher_probs"):
+        distillation(t([[1.0, 0.0]]), CATALOGUE, t([[0.5, 0.5]]), 1.0)

@@ -258,3 +258,42 @@ def test_a_training_step_keeps_every_tensor_on_the_inputs_device(
     loss = task.loss(np.arange(16))
     loss.backward()
     assert loss.device.type == "meta" and loss.shape == ()
+
+
+def teacher_task(prepared: Prepared, model: TwoTower, **changes: object) -> TwoTowerTrainTask:
+    settings = prepared.settings(teacher="ease", teacher_reg=10.0, **changes)
+    return TwoTowerTrainTask(model, prepared.inputs, settings, seed=0)
+
+
+def test_the_teacher_term_is_added_to_the_loss_with_its_weight(prepared: Prepared) -> None:
+    model = prepared.model().eval()  # no dropout: every forward pass gives the same vectors
+    task = teacher_task(prepared, model, teacher_weight=2.5)
+    entries = np.arange(40)
+    users = prepared.inputs.data.inter_users[prepared.inputs.histories.source_rows[entries]]
+    with torch.no_grad():
+        total = task.loss(entries).item()
+        parts = task.task_loss(entries, users).item(), task.teacher_loss(users).item()
+    assert parts[1] > 0
+    assert total == pytest.approx(parts[0] + 2.5 * parts[1], rel=1e-5)
+    assert TwoTowerTrainTask(model, prepared.inputs, prepared.settings(), 0).teacher is None
+
+
+def test_the_teacher_learns_from_training_rows_only(prepared: Prepared) -> None:
+    task = teacher_task(prepared, prepared.model())
+    assert task.teacher is not None
+    known = task.teacher.known.toarray() > 0
+    np.testing.assert_array_equal(known, prepared.train.toarray() > 0)
+
+
+def test_training_with_the_teacher_moves_the_model_towards_it(prepared: Prepared) -> None:
+    users = np.arange(prepared.inputs.data.n_users)
+    distances = {}
+    for weight in (0.0, 5.0):
+        model = prepared.model()
+        settings = prepared.settings(
+            epochs=4, lr=0.01, teacher="ease", teacher_reg=10.0, teacher_weight=weight
+        )
+        train_model(model, prepared.inputs, settings, None, progress=False)
+        with torch.no_grad():
+            distances[weight] = teacher_task(prepared, model.eval()).teacher_loss(users).item()
+    assert distances[5.0] < distances[0.0]
