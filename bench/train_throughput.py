@@ -10,7 +10,8 @@ and 2M interactions, written once into ``--work``. A row times ``--steps`` optim
 warm-up steps, ``--repeats`` times; it prints the median examples per second and milliseconds
 per step. ``ratio`` is the row's examples per second over the baseline's, the first row of its
 dataset: listwise, batch 512, one CPU thread, measured in the same process. CUDA rows run when
-``torch.cuda.is_available()``.
+``torch.cuda.is_available()``. ``listwise+teacher`` (ml-100k only) adds the config's
+distillation term (``[train] teacher``); every other row times the loss alone.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ from models.two_tower import TwoTower
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ("cpu", 1, "listwise", 512)
 # (device, threads, loss, batch); threads only matter on the CPU.
+# "listwise+teacher" adds the EASE teacher's term (configs/ml-100k.toml's teacher settings); the
+# other rows time the loss alone. EASE needs a small catalogue, so synth-1m has no such row.
 CPU_RUNS = [
     BASELINE,
+    ("cpu", 1, "listwise+teacher", 512),
     ("cpu", 1, "pointwise", 512),
     ("cpu", 1, "pairwise-hinge", 512),
     ("cpu", 1, "pairwise-logistic", 512),
@@ -77,10 +81,16 @@ def measure(
     config: TrainConfig, inputs: Inputs, specs: tuple, run: tuple, steps: int, repeats: int
 ) -> list[float]:
     """Seconds per ``steps`` optimiser steps, once per repeat, after two warm-up steps."""
-    device, threads, loss, batch = run
+    device, threads, name, batch = run
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    settings = dataclasses.replace(config.train, loss=loss, batch_size=batch)
+    loss, _, teacher = name.partition("+")
+    settings = dataclasses.replace(
+        config.train,
+        loss=loss,
+        batch_size=batch,
+        teacher=config.train.teacher if teacher else "none",
+    )
     inputs = dataclasses.replace(inputs, device=device)
     model = TwoTower(config.model, *specs).to(device).train()
     task = TwoTowerTrainTask(model, inputs, settings, seed=0)
@@ -135,6 +145,8 @@ def main() -> None:
             )
             baseline = None
             for run in runs:
+                if "+teacher" in run[2] and data.n_items > 20_000:
+                    continue
                 seconds = statistics.median(
                     measure(config, inputs, specs, run, args.steps, args.repeats)
                 )

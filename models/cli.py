@@ -36,6 +36,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--seed", type=int)
     train.add_argument("--epochs", type=int)
+    train.add_argument(
+        "--teacher", choices=["none", "ease"], help="distillation teacher (overrides the config)"
+    )
     train.add_argument("--out", type=Path, required=True, help="artifact folder to write")
     train.add_argument("--data-dir", type=Path, help="overrides the config's dataset dir")
     train.add_argument("--init-from", type=Path, help="warm-start from an earlier artifact")
@@ -63,7 +66,9 @@ def _train(args: argparse.Namespace) -> int:
     from models.config import load_config
     from models.experiment import format_table, run_training
 
-    config = load_config(args.config).with_train(loss=args.loss, seed=args.seed, epochs=args.epochs)
+    config = load_config(args.config).with_train(
+        loss=args.loss, seed=args.seed, epochs=args.epochs, teacher=args.teacher
+    )
     artifact = run_training(
         config,
         args.split,

@@ -86,6 +86,20 @@ def test_train_prints_the_metrics_table_and_writes_the_artifact(
         )
     assert printed[-1] == f"artifact: {out}"
     assert (metrics["loss"], metrics["seed"]) == ("pointwise", 4)
+    assert json.loads((out / "config.json").read_text())["train"]["teacher"] == "none"
+
+
+def test_train_takes_the_teacher_from_the_command_line(
+    tmp_path: Path, tiny_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "artifact"
+    code = main([
+        "train", "--config", str(tiny_toml(tmp_path, tiny_data_dir)), "--data-dir",
+        str(tiny_data_dir), "--out", str(out), "--epochs", "1", "--teacher", "ease",
+        "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["train"]["teacher"] == "ease"
 
 
 def test_train_rejects_an_unknown_loss_before_doing_any_work(tmp_path: Path) -> None:
