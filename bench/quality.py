@@ -52,7 +52,8 @@ def main() -> None:
             out = args.out / f"{protocol}-{loss}-{seed}"
             if not (out / "metrics.json").exists():
                 started = time.perf_counter()
-                run_training(base.with_train(loss=loss, seed=seed), protocol, out, progress=False)
+                config = base.for_split(protocol).with_train(loss=loss, seed=seed)
+                run_training(config, protocol, out, progress=False)
                 print(
                     f"{protocol} {loss} seed {seed}: {time.perf_counter() - started:.0f} s",
                     flush=True,

@@ -66,8 +66,10 @@ def _train(args: argparse.Namespace) -> int:
     from models.config import load_config
     from models.experiment import format_table, run_training
 
-    config = load_config(args.config).with_train(
-        loss=args.loss, seed=args.seed, epochs=args.epochs, teacher=args.teacher
+    config = (
+        load_config(args.config)
+        .for_split(args.split)
+        .with_train(loss=args.loss, seed=args.seed, epochs=args.epochs, teacher=args.teacher)
     )
     artifact = run_training(
         config,

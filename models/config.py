@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.data import PROTOCOLS
 from models.features import FeatureConfigError, FeatureDef
 from models.losses import LOSSES
 from models.teacher import TEACHERS
@@ -98,8 +99,20 @@ class TrainConfig:
     item_features: list[FeatureDef]
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
+    # [train.<split>] tables: training knobs that differ under one split protocol. for_split
+    # applies them (run_training does); knobs given on the command line afterwards still win.
+    split_train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for split, changes in self.split_train.items():
+            if split not in PROTOCOLS:
+                raise ValueError(
+                    f"[train.{split}]: {split!r} is not a split; use one of {PROTOCOLS}"
+                )
+            unknown = set(changes) - set(TrainSettings.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"[train.{split}] has unknown keys {sorted(unknown)}")
+            replace(self.train, **changes)  # validates the values now, not at training time
         for side, feats in (("user", self.user_features), ("item", self.item_features)):
             ids = [f for f in feats if f.kind == "id"]
             if len(ids) != 1:
@@ -115,6 +128,11 @@ class TrainConfig:
         kept = {k: v for k, v in changes.items() if v is not None}
         return replace(self, train=replace(self.train, **kept))
 
+    def for_split(self, protocol: str) -> TrainConfig:
+        """The config a run under ``protocol`` uses: its [train.<split>] knobs applied."""
+        changes = self.split_train.get(protocol, {})
+        return replace(self, train=replace(self.train, **changes), split_train={})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
@@ -122,7 +140,7 @@ class TrainConfig:
             "user_features": [asdict(f) for f in self.user_features],
             "item_features": [asdict(f) for f in self.item_features],
             "model": self.model.to_dict(),
-            "train": asdict(self.train),
+            "train": {**asdict(self.train), **self.split_train},
         }
 
     @classmethod
@@ -130,13 +148,16 @@ class TrainConfig:
         dataset = raw.get("dataset", {})
         if isinstance(dataset, str):  # the JSON form stored in artifacts
             dataset = {"name": dataset, "dir": raw.get("data_dir", "")}
+        train = dict(raw.get("train", {}))
+        splits = {k: train.pop(k) for k in list(train) if isinstance(train[k], dict)}
         return cls(
             dataset=dataset["name"],
             data_dir=dataset.get("dir", f"data/{dataset['name']}"),
             user_features=[FeatureDef.from_dict(f) for f in raw["user_features"]],
             item_features=[FeatureDef.from_dict(f) for f in raw["item_features"]],
             model=ModelConfig.from_dict(raw.get("model", {})),
-            train=TrainSettings.from_dict(raw.get("train", {})),
+            train=TrainSettings.from_dict(train),
+            split_train=splits,
         )
 
 

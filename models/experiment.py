@@ -126,6 +126,7 @@ def run_training(
     profile alone (``profile_only``): the id-based score keeps improving for many epochs after
     the profile path has peaked (measured on ml-100k: epoch 2 against 10 and more).
     """
+    config = config.for_split(protocol)  # a no-op when the caller has applied it
     if protocol not in TEMPORAL_PROTOCOLS and any(
         f.kind == "history" for f in config.user_features
     ):
