@@ -121,3 +121,38 @@ def test_auto_sampler_is_popularity_only_for_the_corrected_loss(
 ) -> None:
     assert TrainSettings(loss=loss, sampler=sampler).negative_sampler == in_effect
     assert TrainSettings().sampler == "auto"
+
+
+def test_split_tables_change_training_knobs_under_their_split_only() -> None:
+    config = load_config(ML100K_CONFIG)
+    assert config.split_train == {"random-811": {"teacher": "ease", "teacher_weight": 0.5}}
+    assert config.train.teacher == "none"
+    random = config.for_split("random-811")
+    assert (random.train.teacher, random.train.teacher_weight) == ("ease", 0.5)
+    assert random.split_train == {} and random.for_split("random-811") == random
+    assert config.for_split("leave-last-out").train == config.train
+    # What the command line sets afterwards wins over the split's table.
+    assert random.with_train(teacher="none").train.teacher == "none"
+
+
+def test_split_tables_survive_the_artifact_round_trip() -> None:
+    raw = load_config(ML100K_CONFIG).to_dict()
+    assert raw["train"]["random-811"] == {"teacher": "ease", "teacher_weight": 0.5}
+    applied = load_config(ML100K_CONFIG).for_split("random-811").to_dict()
+    assert applied["train"]["teacher"] == "ease" and "random-811" not in applied["train"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[train.random-812]\nlr = 0.1", r"\[train.random-812\]: 'random-812' is not a split"),
+        ("[train.cold-users]\nbatch = 3", r"\[train.cold-users\] has unknown keys \['batch'\]"),
+        ("[train.cold-users]\nema_decay = 2.0", r"ema_decay must be in \[0, 1\), got 2.0"),
+    ],
+)
+def test_a_bad_split_table_is_refused_naming_it(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "split.toml"
+    path.write_text(CONFIG_TEXT + "\n" + table + "\n")
+    with pytest.raises(FeatureConfigError, match=message) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from models.experiment import (
 )
 from models.features import UNKNOWN
 from models.losses import LOSSES
-from models.train import Inputs
+from models.train import Inputs, TwoTowerTrainTask
 from models.two_tower import TwoTower
 
 from .conftest import Trained
@@ -140,3 +141,30 @@ def test_cold_users_validation_scores_users_from_their_profile_alone(
     validations, test = seen[:-1], seen[-1]
     assert validations and all(v == blank for v in validations)
     assert test is False
+
+
+@pytest.mark.parametrize(
+    ("protocol", "teacher"), [("random-811", "ease"), ("leave-last-out", "none")]
+)
+def test_run_training_applies_the_knobs_of_its_split(
+    tiny_config: TrainConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    protocol: str,
+    teacher: str,
+) -> None:
+    config = dataclasses.replace(
+        tiny_config.with_train(epochs=1), split_train={"random-811": {"teacher": "ease"}}
+    )
+    taught: list[int] = []
+    real = TwoTowerTrainTask.teacher_loss
+
+    def recording(task: TwoTowerTrainTask, users: np.ndarray) -> torch.Tensor:
+        taught.append(len(users))
+        return real(task, users)
+
+    monkeypatch.setattr(TwoTowerTrainTask, "teacher_loss", recording)
+    artifact = run_training(config, protocol, tmp_path / "run", progress=False)
+    assert artifact.config.train.teacher == teacher
+    assert load_artifact(tmp_path / "run").config.train.teacher == teacher
+    assert bool(taught) == (teacher == "ease")
