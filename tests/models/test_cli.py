@@ -64,16 +64,22 @@ def tiny_toml(tmp_path: Path, data_dir: Path) -> Path:
     return path
 
 
+def train_tiny(tmp_path: Path, data_dir: Path, *flags: str) -> Path:
+    """``recall train`` on the tiny dataset for one epoch; the artifact folder."""
+    out = tmp_path / "artifact"
+    config = tiny_toml(tmp_path, data_dir)
+    code = main([
+        "train", "--config", str(config), "--data-dir", str(data_dir), "--out", str(out),
+        "--epochs", "1", "--no-progress", *flags,
+    ])  # fmt: skip
+    assert code == 0
+    return out
+
+
 def test_train_prints_the_metrics_table_and_writes_the_artifact(
     tmp_path: Path, tiny_data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "artifact"
-    code = main([
-        "train", "--config", str(tiny_toml(tmp_path, tiny_data_dir)), "--data-dir",
-        str(tiny_data_dir), "--out", str(out), "--epochs", "1", "--loss", "pointwise",
-        "--seed", "4", "--no-progress",
-    ])  # fmt: skip
-    assert code == 0
+    out = train_tiny(tmp_path, tiny_data_dir, "--loss", "pointwise", "--seed", "4")
     printed = capsys.readouterr().out.splitlines()
     assert "tiny leave-last-out loss=pointwise seed=4" in printed
     header = printed.index(next(line for line in printed if line.startswith("method")))
@@ -89,16 +95,8 @@ def test_train_prints_the_metrics_table_and_writes_the_artifact(
     assert json.loads((out / "config.json").read_text())["train"]["teacher"] == "none"
 
 
-def test_train_takes_the_teacher_from_the_command_line(
-    tmp_path: Path, tiny_data_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "artifact"
-    code = main([
-        "train", "--config", str(tiny_toml(tmp_path, tiny_data_dir)), "--data-dir",
-        str(tiny_data_dir), "--out", str(out), "--epochs", "1", "--teacher", "ease",
-        "--no-progress",
-    ])  # fmt: skip
-    assert code == 0
+def test_train_takes_the_teacher_from_the_command_line(tmp_path: Path, tiny_data_dir: Path) -> None:
+    out = train_tiny(tmp_path, tiny_data_dir, "--teacher", "ease")
     assert json.loads((out / "config.json").read_text())["train"]["teacher"] == "ease"
 
 
