@@ -10,8 +10,8 @@ and 2M interactions, written once into ``--work``. A row times ``--steps`` optim
 warm-up steps, ``--repeats`` times; it prints the median examples per second and milliseconds
 per step. ``ratio`` is the row's examples per second over the baseline's, the first row of its
 dataset: listwise, batch 512, one CPU thread, measured in the same process. CUDA rows run when
-``torch.cuda.is_available()``. ``listwise+teacher`` (ml-100k only) adds the config's
-distillation term (``[train] teacher``); every other row times the loss alone.
+``torch.cuda.is_available()``. ``listwise+teacher`` (ml-100k only) adds the distillation
+term with ``[train.random-811]``'s knobs; every other row times the loss alone.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from models.two_tower import TwoTower
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ("cpu", 1, "listwise", 512)
 # (device, threads, loss, batch); threads only matter on the CPU.
-# "listwise+teacher" adds the EASE teacher's term (configs/ml-100k.toml's teacher settings); the
-# other rows time the loss alone. EASE needs a small catalogue, so synth-1m has no such row.
+# "listwise+teacher" adds the EASE teacher's term (the knobs of configs/ml-100k.toml's
+# [train.random-811]); the other rows time the loss alone. EASE needs a small catalogue, so synth-1m has no such row.
 CPU_RUNS = [
     BASELINE,
     ("cpu", 1, "listwise+teacher", 512),
@@ -85,12 +85,9 @@ def measure(
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     loss, _, teacher = name.partition("+")
-    settings = dataclasses.replace(
-        config.train,
-        loss=loss,
-        batch_size=batch,
-        teacher=config.train.teacher if teacher else "none",
-    )
+    # The teacher's knobs as random-811 sets them; the inputs stay leave-last-out's.
+    base = config.for_split("random-811").train if teacher else config.train
+    settings = dataclasses.replace(base, loss=loss, batch_size=batch)
     inputs = dataclasses.replace(inputs, device=device)
     model = TwoTower(config.model, *specs).to(device).train()
     task = TwoTowerTrainTask(model, inputs, settings, seed=0)
