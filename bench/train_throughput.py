@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ("cpu", 1, "listwise", 512)
 # (device, threads, loss, batch); threads only matter on the CPU.
 # "listwise+teacher" adds the EASE teacher's term (the knobs of configs/ml-100k.toml's
-# [train.random-811]); the other rows time the loss alone. EASE needs a small catalogue, so synth-1m has no such row.
+# [train.random-811]); the other rows time the loss alone. EASE needs a small catalogue, so
+# synth-1m has no such row.
 CPU_RUNS = [
     BASELINE,
     ("cpu", 1, "listwise+teacher", 512),
