@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from models import losses
 from models.config import TrainSettings
 from models.encoding import EncodedData, Histories
+from models.evaluate import interaction_matrix
 from models.sampling import PopularitySampler, UniformSampler, hard_negatives, in_batch_log_q
 from models.teacher import EaseTeacher
 from models.two_tower import TwoTower
@@ -103,11 +103,7 @@ class TwoTowerTrainTask:
         ]
         self.teacher: EaseTeacher | None = None
         if settings.teacher == "ease":
-            train = sp.csr_matrix(
-                (np.ones(len(users), dtype=np.float32), (users, train_items)),
-                shape=(data.n_users, data.n_items),
-            )
-            train.data[:] = 1.0  # a repeated (user, item) pair counts once
+            train = interaction_matrix(users, train_items, data.n_users, data.n_items)
             self.teacher = EaseTeacher(train, settings.teacher_reg, settings.teacher_temperature)
 
     def loss(self, entries: np.ndarray) -> Tensor:
