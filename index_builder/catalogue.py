@@ -15,7 +15,7 @@ from index_builder.tables import ItemTable, UserTable
 from models.artifact import Artifact
 from models.data import load_dataset, make_split
 from models.encoding import EncodedData, Histories, encode_dataset
-from models.train import Inputs
+from models.inputs import FeatureTable, Inputs
 from models.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,11 @@ def embed_items(
     """
     model.eval()
     n = len(next(iter(item_features.values())))
+    table = FeatureTable(model.item_tower.spec, item_features)
     item_vectors = np.empty((n, model.config.dim), dtype=np.float32)
     for start in tqdm(range(0, n, batch_size), desc="embed items", disable=not progress):
         stop = min(n, start + batch_size)
-        batch = {
-            name: torch.from_numpy(values[start:stop]) for name, values in item_features.items()
-        }
-        item_vectors[start:stop] = model.item_vectors(batch).numpy()
+        item_vectors[start:stop] = model.item_vectors(table.rows(torch.arange(start, stop))).numpy()
     faiss.normalize_L2(item_vectors)  # exact unit norm in float32, so scores are cosines
     return item_vectors
 
@@ -95,8 +93,7 @@ def query_vectors(
         users = np.arange(catalogue.data.n_users)
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    history = [(f.name, f.max_len) for f in artifact.user_spec.of_kind("history")]
-    inputs = Inputs(catalogue.data, catalogue.histories, history)
+    inputs = Inputs(catalogue.data, catalogue.histories, artifact.user_spec, artifact.item_spec)
     with torch.inference_mode():
         vectors = artifact.model.user_vectors(inputs.users(users)).numpy()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from models.data import PROTOCOLS
 from models.features import FeatureConfigError, FeatureDef
 from models.losses import LOSSES
@@ -15,6 +17,7 @@ from models.teacher import TEACHERS
 from models.two_tower import ModelConfig
 
 SAMPLERS = ("auto", "uniform", "popularity")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class TrainSettings:
     seed: int = 0
     sparse_rows: int = 100_000  # embedding tables this big train with sparse gradients
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
 
     def __post_init__(self) -> None:
         # A typo would otherwise silently train another loss or sampler.
@@ -66,6 +70,8 @@ class TrainSettings:
             raise ValueError(f"[train] sampler {self.sampler!r} is not one of {SAMPLERS}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.device not in DEVICES:
+            raise ValueError(f"[train] device {self.device!r} is not one of {DEVICES}")
         if self.teacher not in TEACHERS:
             raise ValueError(f"[train] teacher {self.teacher!r} is not one of {TEACHERS}")
         for key in ("teacher_temperature", "teacher_reg"):
@@ -80,6 +86,14 @@ class TrainSettings:
         if self.sampler != "auto":
             return self.sampler
         return "popularity" if self.loss == "listwise" else "uniform"
+
+    def torch_device(self) -> torch.device:
+        """``device`` resolved: ``auto`` is CUDA when a GPU is visible, else the CPU."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("[train] device = 'cuda' but torch sees no GPU; use auto or cpu")
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainSettings:

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.config import TrainConfig
 from models.data import AtomicTable, RawDataset, Split
-from models.features import UNKNOWN, FeatureSpec
+from models.features import FeatureSpec
 
 
 @dataclass
@@ -132,29 +132,3 @@ class Histories:
         sorted_users = users[order]
         positions = np.arange(len(rows), dtype=np.int64) - offsets[sorted_users]
         return cls(offsets, data.inter_items[sorted_rows], positions, sorted_rows)
-
-    def before(self, entries: np.ndarray, max_len: int, item_tokens: np.ndarray) -> np.ndarray:
-        """History tokens ``[len(entries), max_len]`` strictly before each sequence entry."""
-        entries = np.asarray(entries, dtype=np.int64)
-        return self._window(entries - self.positions[entries], entries, max_len, item_tokens)
-
-    def latest(self, users: np.ndarray, max_len: int, item_tokens: np.ndarray) -> np.ndarray:
-        """Tokens of each user's latest ``max_len`` items ``[len(users), max_len]``."""
-        users = np.asarray(users, dtype=np.int64)
-        return self._window(self.offsets[users], self.offsets[users + 1], max_len, item_tokens)
-
-    def _window(
-        self, starts: np.ndarray, ends: np.ndarray, max_len: int, item_tokens: np.ndarray
-    ) -> np.ndarray:
-        window = ends[:, None] - max_len + np.arange(max_len)[None, :]
-        valid = window >= starts[:, None]
-        if not len(self.items):
-            return np.zeros((len(ends), max_len), dtype=np.int64)
-        tokens = item_tokens[self.items[np.where(valid, window, 0)]]
-        return left_align(np.where(valid, tokens, UNKNOWN))
-
-
-def left_align(tokens: np.ndarray) -> np.ndarray:
-    """Move non-padding tokens to the left, keeping their order."""
-    order = np.argsort(tokens == UNKNOWN, axis=1, kind="stable")
-    return np.take_along_axis(tokens, order, axis=1)

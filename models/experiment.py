@@ -62,7 +62,7 @@ def profile_only(inputs: Inputs, user_spec: FeatureSpec) -> Inputs:
     features[name] = np.full_like(features[name], UNKNOWN)
     data = replace(inputs.data, user_features=features)
     nothing = Histories.build(data, np.empty(0, dtype=np.int64))
-    return Inputs(data, nothing, inputs.history_features, inputs.device)
+    return Inputs(data, nothing, inputs.user_spec, inputs.item_spec, inputs.device)
 
 
 def _matrix(data: EncodedData, rows: np.ndarray) -> sp.csr_matrix:
@@ -98,15 +98,14 @@ def fit_on(
 ) -> Fitted:
     """Fit vocabularies on ``rows`` and build a fresh (or warm-started) model for them."""
     torch.manual_seed(config.train.seed)
+    device = config.train.torch_device()
     user_spec, item_spec = fit_specs(config, dataset, replace(split, train=rows))
     data = encode_dataset(dataset, user_spec, item_spec)
     model = TwoTower(config.model, user_spec, item_spec)
     if init_from is not None:
         warm_start(model, load_artifact(init_from))
-    history_feats = [(f.name, f.max_len) for f in user_spec.of_kind("history")]
-    return Fitted(
-        user_spec, item_spec, data, model, Inputs(data, Histories.build(data, rows), history_feats)
-    )
+    inputs = Inputs(data, Histories.build(data, rows), user_spec, item_spec, device)
+    return Fitted(user_spec, item_spec, data, model, inputs)
 
 
 def run_training(
@@ -158,7 +157,9 @@ def run_training(
         train_model(fitted.model, fitted.inputs, refit, None, progress=progress)
     known_m, test_m = (_matrix(fitted.data, r) for r in (known, split.test))
     fit_m = known_m if settings.refit else _matrix(fitted.data, split.train)
-    results = test_results(fitted.model, fitted.data, split, known, fit_m, test_m)
+    results = test_results(
+        fitted.model, fitted.data, split, known, fit_m, test_m, fitted.inputs.device
+    )
     info = data_info(config, dataset.fingerprint, split, data_dir)
     metrics: dict[str, Any] = {
         "protocol": protocol,
@@ -194,14 +195,15 @@ def test_results(
     known: np.ndarray,
     train_m: sp.csr_matrix,
     test_m: sp.csr_matrix,
+    device: torch.device | str = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Test metrics of the model and the baselines on the same split and evaluator.
 
     Baselines are fitted on ``train_m`` (what the model was trained on) and score users from
     their ``known`` rows; items in ``known`` are excluded from every ranking.
     """
-    history_feats = [(f.name, f.max_len) for f in model.user_tower.spec.of_kind("history")]
-    inputs = Inputs(data, Histories.build(data, known), history_feats)
+    spec = model.user_tower.spec, model.item_tower.spec
+    inputs = Inputs(data, Histories.build(data, known), *spec, device)
     profile = _matrix(data, known)
     if split.protocol == "cold-users":
         exclude = sp.csr_matrix(test_m.shape, dtype=np.float32)  # held-out users have no profile

@@ -118,8 +118,8 @@ def sampled_softmax(
     Yi et al. 2019, applied after the temperature as in TFRS); hard negatives get no
     correction. Row i's target is column i. With `remove_accidental_hits`, any other column
     holding row i's positive item is masked out; this needs the item rows of every block.
-    `negative_mask [batch, columns]` (bool) masks further columns, e.g. other items the row's
-    user is known to like; the target column is never masked.
+    `negative_mask [batch, columns]` (bool, or float with 1 = masked) masks further columns,
+    e.g. other items the row's user is known to like; the target column is never masked.
     """
     _check_temperature(temperature)
     if user_vectors.dim() != 2:
@@ -132,37 +132,48 @@ def sampled_softmax(
     if hard_vectors is None and hard_item_rows is not None:
         raise ValueError("hard_item_rows given without hard_vectors: pass both or neither")
 
-    in_batch = user_vectors @ pos_vectors.T / temperature
-    logit_blocks = [in_batch - _log_q_offset("pos_log_q", pos_log_q, batch, in_batch)]
-    column_rows = [pos_item_rows.unsqueeze(0).expand(batch, batch)]
+    # One matmul for the shared columns (positives, then sampled negatives) with the logQ
+    # offsets as its bias; the temperature scales the [batch, dim] side, the smaller one.
+    scaled_users = user_vectors / temperature
+    shared_vectors, shared_log_q = (
+        [pos_vectors],
+        [_log_q_offset("pos_log_q", pos_log_q, batch, user_vectors)],
+    )
+    shared_rows = [pos_item_rows]
     if neg_vectors is not None:
         ok = neg_vectors.dim() == 2 and neg_vectors.shape[1] == dim
         shape = f"[m, dim={dim}]"
         _check_candidates("neg", neg_vectors, neg_item_rows, shape, ok, remove_accidental_hits)
-        shared = user_vectors @ neg_vectors.T / temperature
-        shared_log_q = _log_q_offset("neg_log_q", neg_log_q, len(neg_vectors), shared)
-        logit_blocks.append(shared - shared_log_q)
+        shared_vectors.append(neg_vectors)
+        shared_log_q.append(_log_q_offset("neg_log_q", neg_log_q, len(neg_vectors), user_vectors))
         if neg_item_rows is not None:
-            column_rows.append(neg_item_rows.unsqueeze(0).expand(batch, -1))
+            shared_rows.append(neg_item_rows)
+    logits = torch.addmm(-torch.cat(shared_log_q, dim=1), scaled_users, torch.cat(shared_vectors).T)
     if hard_vectors is not None:
         ok = hard_vectors.dim() == 3 and hard_vectors.shape[::2] == (batch, dim)
         shape = f"[batch={batch}, h, dim={dim}]"
         _check_candidates("hard", hard_vectors, hard_item_rows, shape, ok, remove_accidental_hits)
-        logit_blocks.append(torch.einsum("bd,bhd->bh", user_vectors, hard_vectors) / temperature)
-        if hard_item_rows is not None:
-            column_rows.append(hard_item_rows)
+        hard_logits = torch.einsum("bd,bhd->bh", scaled_users, hard_vectors)
+        logits = torch.cat([logits, hard_logits], dim=1)
 
-    logits = torch.cat(logit_blocks, dim=1)
-    hits = torch.zeros_like(logits, dtype=torch.bool)
+    # Masked columns get a large finite negative (not -inf: softmax gradients stay finite),
+    # added rather than filled: bool-mask kernels are several times slower on the CPU.
+    masked = None
     if remove_accidental_hits:
-        hits |= torch.cat(column_rows, dim=1) == pos_item_rows.unsqueeze(1)
+        masked = (torch.cat(shared_rows)[None, :] == pos_item_rows[:, None]).to(logits.dtype)
+        if hard_vectors is not None:
+            assert hard_item_rows is not None
+            hard_hits = (hard_item_rows == pos_item_rows[:, None]).to(logits.dtype)
+            masked = torch.cat([masked, hard_hits], dim=1)
     if negative_mask is not None:
         _check_shape("negative_mask", negative_mask, tuple(logits.shape))
-        hits |= negative_mask
-    if remove_accidental_hits or negative_mask is not None:
-        hits[:, :batch].fill_diagonal_(False)  # the target column is never a hit
-        # A large finite negative rather than -inf keeps softmax gradients finite.
-        logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min / 2)
+        extra = negative_mask.to(logits.dtype)
+        masked = extra if masked is None else torch.maximum(masked, extra)
+    if masked is not None:
+        if masked is negative_mask:
+            masked = masked.clone()
+        masked[:, :batch].fill_diagonal_(0)  # the target column is never masked
+        logits = logits.add(masked, alpha=torch.finfo(logits.dtype).min / 2)
     targets = torch.arange(batch, device=logits.device)
     return F.cross_entropy(logits, targets)
 

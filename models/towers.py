@@ -2,25 +2,114 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.features import UNKNOWN, FeatureSpec
+from models.inputs import POOLED, Bag, TowerInputs, gather_ranges
 
 
-def mean_pool(embedded: Tensor, tokens: Tensor) -> Tensor:
-    """``[B, L, D]`` embeddings of ``[B, L]`` tokens -> ``[B, D]`` mean over non-padding ones
-    (zeros for a row of padding only)."""
-    mask = (tokens != UNKNOWN).unsqueeze(-1).float()
-    return (embedded * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+def pool(bag: Bag, weight: Tensor, sparse: bool = False) -> Tensor:
+    """Mean of each list's embeddings ``[B, D]`` (zeros for an empty list).
+
+    A dense table's gradient is one sparse-matrix product (``_MeanPool``); a table trained
+    with sparse gradients keeps ``embedding_bag``'s own backward, which SparseAdam reads.
+    """
+    if sparse or not weight.requires_grad or not torch.is_grad_enabled():
+        return F.embedding_bag(
+            bag.tokens, weight, bag.offsets, mode="mean", sparse=sparse, include_last_offset=True
+        )
+    return _MeanPool.apply(weight, bag.tokens, bag.offsets)
+
+
+def _token_order(tokens: Tensor, rows: int) -> Tensor:
+    """A stable order of ``tokens`` by value (a radix sort while the values fit 16 bits)."""
+    if tokens.device.type == "cpu" and rows <= 1 << 16:
+        return torch.from_numpy(np.argsort(tokens.numpy().astype(np.uint16), kind="stable"))
+    return torch.sort(tokens, stable=True).indices
+
+
+class _MeanPool(torch.autograd.Function):
+    """``embedding_bag(mode="mean")`` whose weight gradient is ``A^T @ grad``.
+
+    ``A [B, rows]`` holds ``1 / len(list)`` at each (list, token); its transpose is built as a
+    CSR matrix from a stable sort of the tokens. Measured on ml-100k's history (512 lists of
+    up to 100 tokens, 1.7k x 102 table, one thread): 2.2 ms against 6.9 ms for
+    ``embedding_bag``'s backward, which materialises a row per token.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, tokens: Tensor, offsets: Tensor) -> Tensor:
+        ctx.save_for_backward(tokens, offsets)
+        ctx.rows = len(weight)
+        return F.embedding_bag(tokens, weight, offsets, mode="mean", include_last_offset=True)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, None, None]:
+        (grad,) = grads
+        tokens, offsets = ctx.saved_tensors
+        lengths = offsets.diff()
+        lists = torch.repeat_interleave(torch.arange(len(lengths), device=grad.device), lengths)
+        scale = 1.0 / lengths.clamp(min=1).to(grad.dtype)
+        order = _token_order(tokens, ctx.rows).to(grad.device)
+        starts = torch.zeros(ctx.rows + 1, dtype=torch.int64, device=grad.device)
+        torch.cumsum(torch.bincount(tokens, minlength=ctx.rows), 0, out=starts[1:])
+        columns = lists[order]
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            transposed = torch.sparse_csr_tensor(
+                starts, columns, scale[columns], (ctx.rows, len(lengths))
+            )
+        return transposed @ grad.contiguous(), None, None
+
+
+def drop_lists(bag: Bag, p: float, rng: np.random.Generator) -> Bag:
+    """``bag`` with each whole list emptied with probability ``p``."""
+    kept = torch.from_numpy(rng.random(len(bag.offsets) - 1) >= p).to(bag.offsets.device)
+    starts, ends = bag.offsets[:-1], bag.offsets[1:]
+    positions, offsets = gather_ranges(starts, torch.where(kept, ends, starts))
+    return Bag(bag.tokens[positions], offsets)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose CPU masks come from NumPy's PCG64 stream.
+
+    Torch's CPU Bernoulli draws cost ~5 ms a step of ml-100k (four dropouts of [512, ~300]);
+    16-bit draws cut from NumPy's raw PCG64 output cost a tenth of that (and bool -> float is a
+    slow kernel in torch, uint8 -> float a fast one). ``p`` is rounded to 1/65536 and the
+    kept values scaled by the exact inverse keep rate, so the expectation is unchanged.
+    """
+
+    def __init__(self, p: float, rng: np.random.Generator):
+        super().__init__()
+        self.p, self.rng = p, rng
+        self.threshold = round(p * 65536)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n = x.numel()  # raw 64-bit outputs cut into 16-bit draws: 3x numpy's integers()
+        bits = self.rng.bit_generator.random_raw(-(-n // 4)).view(np.uint16)[:n]
+        keep = torch.from_numpy(np.greater_equal(bits, self.threshold).view(np.uint8))
+        keep = keep.view(x.shape)
+        return x * keep.to(x.dtype).mul_(65536 / (65536 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class Tower(nn.Module):
     """One side of the two-tower model.
 
-    ``forward`` takes the encoded features of a batch (see ``models.features``) and returns
-    unit vectors ``[batch, out_dim]``.
+    ``forward`` takes a batch of tower inputs (``models.inputs``) and returns unit vectors
+    ``[batch, out_dim]``.
     """
 
     def __init__(
@@ -32,11 +121,13 @@ class Tower(nn.Module):
         id_dropout: float = 0.0,
         item_vocab_size: int = 0,
         history_dropout: float = 0.0,
+        rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.id_dropout = id_dropout
         self.history_dropout = history_dropout
+        self.rng = rng if rng is not None else np.random.default_rng(0)
         self.embeddings = nn.ModuleDict()
         width = 0
         for feature in spec.features:
@@ -45,7 +136,7 @@ class Tower(nn.Module):
                 continue
             rows = spec.cardinality(feature, item_vocab_size)
             dim = spec.dims[feature.name]
-            pad = 0 if feature.kind in ("multi_hot", "history") else None
+            pad = 0 if feature.kind in POOLED else None
             table = nn.Embedding(rows, dim, padding_idx=pad)
             nn.init.normal_(table.weight, std=0.05)
             if pad is not None:
@@ -53,32 +144,35 @@ class Tower(nn.Module):
                     table.weight[pad].zero_()
             self.embeddings[feature.name] = table
             width += dim
-        layers: list[nn.Module] = [nn.Dropout(dropout)]  # on the concatenated embeddings too
+        layers: list[nn.Module] = [Dropout(dropout, self.rng)]  # on the concatenated embeddings
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, size), nn.GELU(), Dropout(dropout, self.rng)]
             width = size
         layers.append(nn.Linear(width, out_dim))
         self.mlp = nn.Sequential(*layers)
         self.out_dim = out_dim
 
-    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+    def forward(self, inputs: TowerInputs) -> Tensor:
         parts = []
         for feature in self.spec.features:
             value = inputs[feature.name]
             if feature.kind == "numeric":
+                assert isinstance(value, Tensor)
                 parts.append(value.float())
                 continue
             table = self.embeddings[feature.name]
-            if feature.kind in ("multi_hot", "history"):
+            assert isinstance(table, nn.Embedding)
+            if feature.kind in POOLED:
+                assert isinstance(value, Bag)
                 if feature.kind == "history" and self.training and self.history_dropout > 0:
-                    drop = torch.rand(value.shape[0], 1, device=value.device) < self.history_dropout
-                    value = value.masked_fill(drop, UNKNOWN)
-                parts.append(mean_pool(table(value), value))
+                    value = drop_lists(value, self.history_dropout, self.rng)
+                parts.append(pool(value, table.weight, table.sparse))
                 continue
+            assert isinstance(value, Tensor)
             if feature.kind == "id" and self.training and self.id_dropout > 0:
-                drop = torch.rand(value.shape, device=value.device) < self.id_dropout
-                value = value.masked_fill(drop, UNKNOWN)
-            parts.append(table(value))
+                drop = torch.from_numpy(self.rng.random(value.shape) < self.id_dropout)
+                value = value.masked_fill(drop.to(value.device), UNKNOWN)
+            parts.append(F.embedding(value, table.weight, sparse=table.sparse))
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
@@ -104,18 +198,21 @@ class FrozenTower:
                 self.layers.append(("linear", layer.weight.detach(), bias, ""))
             elif isinstance(layer, nn.GELU):
                 self.layers.append(("gelu", None, None, layer.approximate))
-            elif not isinstance(layer, nn.Dropout):  # dropout is the identity when evaluating
+            elif not isinstance(layer, Dropout | nn.Dropout):  # the identity when evaluating
                 raise TypeError(f"FrozenTower cannot run a {type(layer).__name__} layer")
 
-    def __call__(self, inputs: dict[str, Tensor]) -> Tensor:
+    def __call__(self, inputs: TowerInputs) -> Tensor:
         parts = []
         for name, kind, weight in self.features:
             value = inputs[name]
             if weight is None:
+                assert isinstance(value, Tensor)
                 parts.append(value.float())
-            elif kind in ("multi_hot", "history"):
-                parts.append(mean_pool(F.embedding(value, weight), value))
+            elif kind in POOLED:
+                assert isinstance(value, Bag)
+                parts.append(pool(value, weight))
             else:
+                assert isinstance(value, Tensor)
                 parts.append(F.embedding(value, weight))
         hidden = torch.cat(parts, dim=-1)
         for op, weight, bias, approximate in self.layers:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from models.features import FeatureSpec
+from models.inputs import TowerInputs
 from models.towers import Tower
 
 
@@ -43,6 +45,7 @@ class TwoTower(nn.Module):
         self.config = config
         item_id = item_spec.of_kind("id")[0].name  # whatever the config names it
         item_vocab = len(item_spec.vocabs.get(item_id, {}))
+        self.rng = np.random.default_rng(0)  # dropout masks of both towers; see reseed
         self.user_tower = Tower(
             user_spec,
             config.hidden,
@@ -51,16 +54,21 @@ class TwoTower(nn.Module):
             config.id_dropout,
             item_vocab_size=item_vocab,
             history_dropout=config.history_dropout,
+            rng=self.rng,
         )
         self.item_tower = Tower(
-            item_spec, config.hidden, config.dim, config.dropout, config.id_dropout
+            item_spec, config.hidden, config.dim, config.dropout, config.id_dropout, rng=self.rng
         )
 
-    def user_vectors(self, inputs: dict[str, Tensor]) -> Tensor:
+    def reseed(self, seed: int) -> None:
+        """Restart the stream that the dropouts (features, id, history) draw from."""
+        self.rng.bit_generator.state = np.random.PCG64(seed).state
+
+    def user_vectors(self, inputs: TowerInputs) -> Tensor:
         """Encoded user features -> unit vectors ``[batch, dim]``."""
         return self.user_tower(inputs)
 
-    def item_vectors(self, inputs: dict[str, Tensor]) -> Tensor:
+    def item_vectors(self, inputs: TowerInputs) -> Tensor:
         """Encoded item features -> unit vectors ``[batch, dim]``."""
         return self.item_tower(inputs)
 

@@ -16,7 +16,7 @@ import torch
 
 from index_builder.snapshot import LoadedSnapshot
 from models.encoding import id_feature
-from models.features import UNKNOWN, encode_lists
+from models.inputs import FeatureTable, Ragged, history_tokens
 from models.towers import FrozenTower
 from service.errors import ServiceError
 from service.schemas import RecallRequest
@@ -26,7 +26,8 @@ from service.schemas import RecallRequest
 class UserQuery:
     """One request resolved against a snapshot."""
 
-    inputs: dict[str, np.ndarray]  # user tower inputs, each with a leading batch axis of 1
+    inputs: dict[str, np.ndarray]  # encoded profile features, each with a leading axis of 1
+    history: np.ndarray  # [n] int64 known item-id tokens of the history, oldest first
     known: bool  # the user id is in the snapshot's user table
     usable: bool  # anything to build a vector from
     seen: np.ndarray  # [n] int64 item rows the user saw (snapshot and request history)
@@ -73,12 +74,8 @@ class UserEncoder:
             source = "request"
         else:
             history, source = seen, "snapshot" if row is not None else "none"
-        tokens = snap.item_tokens[history]
-        tokens = tokens[tokens != UNKNOWN].tolist()
-        kept = 0
-        for name, max_len in self.history_features:
-            inputs[name] = encode_lists([tokens], 1, max_len)
-            kept = max(kept, min(len(tokens), max_len))
+        tokens = history_tokens(history, snap.item_tokens)
+        kept = max((min(len(tokens), max_len) for _, max_len in self.history_features), default=0)
         explain = {
             "request_features": sorted(sent),
             "profile_features": [name for name in profile if name not in sent],
@@ -87,7 +84,7 @@ class UserEncoder:
             "unknown_history_items": unknown_items,
         }
         usable = row is not None or bool(sent) or kept > 0
-        return UserQuery(inputs, row is not None, usable, seen, explain)
+        return UserQuery(inputs, tokens, row is not None, usable, seen, explain)
 
     def _encode_features(self, sent: dict[str, Any]) -> dict[str, np.ndarray]:
         history = sorted(set(sent) & set(self.history_names))
@@ -108,11 +105,15 @@ class UserEncoder:
 
     def embed(self, queries: list[UserQuery]) -> np.ndarray:
         """Unit user vectors ``[len(queries), dim]`` float32, one tower call for the batch."""
-        names = self.profile_names + self.history_names
-        batch = {
-            name: torch.from_numpy(np.concatenate([q.inputs[name] for q in queries]))
-            for name in names
+        arrays = {
+            name: np.concatenate([q.inputs[name] for q in queries]) for name in self.profile_names
         }
+        rows = torch.arange(len(queries))
+        batch = FeatureTable(self.spec, arrays).rows(rows)
+        if self.history_features:
+            histories = Ragged.from_lists([q.history for q in queries])
+            for name, max_len in self.history_features:
+                batch[name] = histories.bags(rows, max_len)
         with torch.inference_mode():
             vectors = self.tower(batch)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)

@@ -42,8 +42,8 @@ FILES = [
 def vectors(artifact: Artifact, data_dir: Path) -> tuple[Tensor, Tensor]:
     """All user and item vectors of ``artifact`` on the dataset in ``data_dir``."""
     data = encode_dataset(load_dataset(data_dir), artifact.user_spec, artifact.item_spec)
-    history = [(f.name, f.max_len) for f in artifact.user_spec.of_kind("history")]
-    inputs = Inputs(data, Histories.build(data, np.arange(len(data.inter_users))), history)
+    histories = Histories.build(data, np.arange(len(data.inter_users)))
+    inputs = Inputs(data, histories, artifact.user_spec, artifact.item_spec)
     users = user_vectors(artifact.model, inputs, np.arange(data.n_users))
     return users, all_item_vectors(artifact.model, inputs)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from models.config import TrainConfig
-from models.data import Split, load_dataset, make_split
-from models.encoding import EncodedData, Histories, encode_dataset, fit_specs, left_align
+from models.data import Split, load_dataset
+from models.encoding import EncodedData, Histories, encode_dataset, fit_specs
 
 USERS = [("u1", "24", "F", "writer", "85711"), ("u2", "53", "M", "other", "94043")]
 USERS += [("u3", "30", "X", "artist", "12345")]  # u3 never interacts
@@ -102,69 +102,8 @@ def test_histories_order_a_users_entries_by_timestamp_then_file_line(tied: Encod
     np.testing.assert_array_equal(histories.offsets, [0, 5])
 
 
-def test_history_of_an_entry_holds_only_earlier_entries_never_the_target(tied: EncodedData) -> None:
-    histories = Histories.build(tied, np.arange(5))
-    tokens = histories.before(np.arange(5), 3, tied.item_tokens)
-    expected = [[0, 0, 0], [2, 0, 0], [2, 3, 0], [2, 3, 5], [3, 5, 4]]
-    np.testing.assert_array_equal(tokens, expected)
-
-
-def test_latest_history_keeps_the_newest_items_left_aligned_with_zero_padding(
-    tied: EncodedData,
-) -> None:
-    histories = Histories.build(tied, np.arange(5))
-    np.testing.assert_array_equal(histories.latest(np.array([0]), 3, tied.item_tokens), [[5, 4, 1]])
-    latest = histories.latest(np.array([0]), 8, tied.item_tokens)
-    np.testing.assert_array_equal(latest, [[2, 3, 5, 4, 1, 0, 0, 0]])
-
-
 def test_histories_built_from_a_subset_of_rows_ignore_the_other_rows(tied: EncodedData) -> None:
     # Without lines 2 (c) and 3 (d): sequence b, e, a.
     histories = Histories.build(tied, np.array([0, 1, 4]))
     np.testing.assert_array_equal(histories.source_rows, [1, 4, 0])
-    tokens = histories.before(np.arange(3), 4, tied.item_tokens)
-    np.testing.assert_array_equal(tokens, [[0, 0, 0, 0], [2, 0, 0, 0], [2, 5, 0, 0]])
-
-
-def test_a_user_without_rows_has_an_all_padding_history(encoded: tuple) -> None:
-    _, _, data = encoded
-    histories = Histories.build(data, SPLIT.train)
-    # u1: i1 (t=1), i2 (t=2) -> tokens 1, 2; u3 has no rows.
-    latest = histories.latest(np.array([0, 2]), 3, data.item_tokens)
-    np.testing.assert_array_equal(latest, [[1, 2, 0], [0, 0, 0]])
-
-
-def reference_before(data: EncodedData, rows: np.ndarray, max_len: int) -> dict[int, list[int]]:
-    """Per source row: tokens of the same user's rows earlier in (timestamp, line), the last
-    ``max_len`` kept, straight from the definition."""
-    out = {}
-    for row in rows.tolist():
-        key = (data.timestamps[row], row)
-        earlier = [
-            r
-            for r in rows.tolist()
-            if data.inter_users[r] == data.inter_users[row] and (data.timestamps[r], r) < key
-        ]
-        earlier.sort(key=lambda r: (data.timestamps[r], r))
-        out[row] = [int(data.item_tokens[data.inter_items[r]]) for r in earlier][-max_len:]
-    return out
-
-
-def test_histories_of_many_users_match_the_definition(
-    tiny_data_dir: Path, tiny_config: TrainConfig
-) -> None:
-    dataset = load_dataset(tiny_data_dir)
-    split = make_split(dataset.interactions, "leave-last-out", 0)
-    user_spec, item_spec = fit_specs(tiny_config, dataset, split)
-    data = encode_dataset(dataset, user_spec, item_spec)
-    histories = Histories.build(data, split.train)
-    entries = np.arange(len(split.train))
-    tokens = histories.before(entries, 5, data.item_tokens)
-    expected = reference_before(data, split.train, 5)
-    for entry, row in enumerate(histories.source_rows.tolist()):
-        assert tokens[entry].tolist() == expected[row] + [0] * (5 - len(expected[row]))
-
-
-def test_left_align_moves_padding_right_keeping_token_order() -> None:
-    tokens = np.array([[0, 4, 0, 2], [3, 0, 0, 0], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(left_align(tokens), [[4, 2, 0, 0], [3, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(histories.positions, [0, 1, 2])

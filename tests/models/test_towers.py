@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from torch import Tensor
+import torch.nn.functional as F
 
 from models.features import FeatureDef, FeatureSpec
-from models.towers import FrozenTower, Tower
+from models.inputs import Bag, Ragged, TowerInputs
+from models.towers import Dropout, FrozenTower, Tower, pool
 from models.two_tower import ModelConfig, TwoTower
 
 ITEM_VOCAB = 6
@@ -32,14 +34,33 @@ def item_spec(id_name: str = "item_id") -> FeatureSpec:
     return FeatureSpec("item", features).fit({"genres": [["x", "y", "z"]]}, ids)
 
 
-def user_batch() -> dict[str, Tensor]:
+def bag(rows: list[list[int]]) -> Bag:
+    """Token lists written as zero-padded rows."""
+    return Ragged.from_padded(np.array(rows)).bags(torch.arange(len(rows)))
+
+
+HISTORY = [[1, 2, 0, 0], [6, 0, 0, 0], [0, 0, 0, 0], [3, 4, 5, 6]]
+
+
+def user_batch(history: list[list[int]] = HISTORY) -> TowerInputs:
     return {
         "user_id": torch.tensor([1, 2, 3, 0]),
         "job": torch.tensor([1, 2, 0, 3]),
         "age": torch.tensor([1, 2, 3, 0]),
         "year": torch.tensor([[0.5, 0.0], [-1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]),
-        "history": torch.tensor([[1, 2, 0, 0], [6, 0, 0, 0], [0, 0, 0, 0], [3, 4, 5, 6]]),
+        "history": bag(history),
     }
+
+
+def one_user(batch: TowerInputs, row: int) -> TowerInputs:
+    out: TowerInputs = {}
+    for name, value in batch.items():
+        if isinstance(value, Bag):
+            a, b = value.offsets[row : row + 2].tolist()
+            out[name] = Bag(value.tokens[a:b], torch.tensor([0, b - a]))
+        else:
+            out[name] = value[row : row + 1]
+    return out
 
 
 def tower(**kwargs: float) -> Tower:
@@ -56,17 +77,15 @@ def test_tower_outputs_unit_vectors_of_the_output_size() -> None:
 def test_history_is_the_mean_of_its_non_padding_embeddings() -> None:
     model = tower().eval()
     table = model.embeddings["history"].weight
-    batch, alone = user_batch(), user_batch()
+    batch = user_batch()
     before = model(batch)
     with torch.no_grad():
         table[0] = 100.0  # the padding row never enters the mean
         table[5] = (table[1] + table[2]) / 2  # token 5 alone embeds as the mean of 1 and 2
     torch.testing.assert_close(model(batch)[[0, 1, 2]], before[[0, 1, 2]])
-    alone["history"][0] = torch.tensor([5, 0, 0, 0])
+    alone = user_batch([[5, 0, 0, 0], [0, 0, 6, 0], [0, 0, 0, 0], [4, 3, 6, 5]])
     torch.testing.assert_close(model(alone)[0], model(batch)[0])
-    # The same tokens in another order, or with the padding elsewhere: the same vector.
-    alone["history"][1] = torch.tensor([0, 0, 6, 0])
-    alone["history"][3] = torch.tensor([4, 3, 6, 5])
+    # The same tokens in another order: the same vector.
     torch.testing.assert_close(model(alone)[[1, 3]], model(batch)[[1, 3]])
 
 
@@ -82,8 +101,7 @@ def test_id_dropout_replaces_ids_with_the_unknown_row_only_in_training_mode() ->
 
 def test_history_dropout_blanks_whole_histories_only_in_training_mode() -> None:
     model = tower(history_dropout=1.0)
-    no_history = user_batch()
-    no_history["history"] = torch.zeros(4, 4, dtype=torch.int64)
+    no_history = user_batch([[0] * 4] * 4)
     expected_blank = model.eval()(no_history)
     assert not torch.allclose(model(user_batch())[[0, 1, 3]], expected_blank[[0, 1, 3]])
     torch.testing.assert_close(model.train()(user_batch()), expected_blank)
@@ -121,7 +139,7 @@ def test_frozen_tower_gives_bit_identical_vectors(hidden: list[int]) -> None:
     batch = user_batch()
     with torch.inference_mode():
         assert torch.equal(frozen(batch), model(batch))
-        one = {name: value[3:4] for name, value in batch.items()}
+        one = one_user(batch, 3)
         assert torch.equal(frozen(one), model(one))
 
 
@@ -138,3 +156,29 @@ def test_frozen_tower_refuses_layers_it_does_not_know() -> None:
     model.mlp.append(torch.nn.ReLU())
     with pytest.raises(TypeError, match="ReLU"):
         FrozenTower(model)
+
+
+def test_pooled_gradient_equals_embedding_bags_own() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(9, 5, requires_grad=True)
+    lists = bag([[1, 2, 2, 0], [0, 0, 0, 0], [8, 3, 1, 7], [4, 0, 0, 0]])
+    upstream = torch.randn(4, 5)
+    pool(lists, weight).backward(upstream)
+    ours, weight.grad = weight.grad, None
+    F.embedding_bag(
+        lists.tokens, weight, lists.offsets, mode="mean", include_last_offset=True
+    ).backward(upstream)
+    torch.testing.assert_close(ours, weight.grad)
+
+
+def test_dropout_zeroes_about_p_and_keeps_the_expectation() -> None:
+    layer = Dropout(0.25, np.random.default_rng(0)).train()
+    x = torch.ones(400, 500)
+    out = layer(x)
+    dropped = float((out == 0).float().mean())
+    assert dropped == pytest.approx(0.25, abs=0.01)
+    assert float(out.mean()) == pytest.approx(1.0, abs=0.01)
+    assert torch.unique(out).tolist() == [0.0, pytest.approx(65536 / (65536 - 16384))]
+    assert torch.equal(layer.eval()(x), x)
+    first, second = Dropout(0.5, np.random.default_rng(3)), Dropout(0.5, np.random.default_rng(3))
+    assert torch.equal(first(x), second(x))  # the stream decides the mask

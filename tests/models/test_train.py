@@ -11,21 +11,17 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from models.averaging import WeightAverage, averaged
 from models.config import TrainConfig, TrainSettings
 from models.data import load_dataset, make_split
 from models.encoding import Histories, encode_dataset, fit_specs
 from models.evaluate import interaction_matrix
 from models.experiment import model_metrics
 from models.features import FeatureSpec
+from models.inputs import Inputs
 from models.losses import LOSSES
-from models.train import (
-    Inputs,
-    TrainResult,
-    TwoTowerTrainTask,
-    WeightAverage,
-    averaged,
-    train_model,
-)
+from models.task import KnownItems, TwoTowerTrainTask
+from models.train import TrainResult, train_model
 from models.two_tower import TwoTower
 
 
@@ -58,7 +54,7 @@ def prepared(tiny_data_dir: Path, tiny_config: TrainConfig) -> Prepared:
     split = make_split(dataset.interactions, "leave-last-out", 0)
     user_spec, item_spec = fit_specs(tiny_config, dataset, split)
     data = encode_dataset(dataset, user_spec, item_spec)
-    inputs = Inputs(data, Histories.build(data, split.train), [("history", 100)])
+    inputs = Inputs(data, Histories.build(data, split.train), user_spec, item_spec)
     valid, train = (
         interaction_matrix(data.inter_users[r], data.inter_items[r], data.n_users, data.n_items)
         for r in (split.valid, split.train)
@@ -139,22 +135,61 @@ def set_weight(layer: torch.nn.Linear, value: float) -> None:
         layer.weight.fill_(value)
 
 
-def test_weight_average_starts_from_the_initial_weights_and_decays() -> None:
-    layer = one_weight(1.0)
+def test_weight_average_is_the_bias_corrected_average_of_the_steps() -> None:
+    layer = one_weight(1.0)  # the initial weight never enters the average
     ema = WeightAverage(layer, decay=0.75)
+    assert ema.averaged(layer)["weight"].item() == 1.0  # no step yet: the live weights
     set_weight(layer, 3.0)
     ema.update(layer)
-    assert ema.shadow["weight"].item() == pytest.approx(0.75 * 1.0 + 0.25 * 3.0)
+    # m1 = 0.25 * 3; corrected by 1 - 0.75: exactly the one step's weights.
+    assert ema.averaged(layer)["weight"].item() == pytest.approx(3.0)
     set_weight(layer, 5.0)
     ema.update(layer)
-    assert ema.shadow["weight"].item() == pytest.approx(0.75 * 1.5 + 0.25 * 5.0)
-    for _ in range(60):  # the start's share 0.75 ** n vanishes
+    # m2 = 0.75 * 0.75 + 0.25 * 5 = 1.8125; / (1 - 0.75^2) = 0.4375 -> 4.142857...
+    assert ema.averaged(layer)["weight"].item() == pytest.approx(1.8125 / 0.4375)
+    for _ in range(60):  # the older steps' share vanishes
         ema.update(layer)
-    assert ema.shadow["weight"].item() == pytest.approx(5.0)
+    assert ema.averaged(layer)["weight"].item() == pytest.approx(5.0)
     assert layer.weight.item() == 5.0  # the model's own weights are never touched
     for bad in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match="ema_decay"):
             WeightAverage(layer, decay=bad)
+
+
+def test_lazy_average_of_a_sparse_table_equals_the_every_step_average() -> None:
+    torch.manual_seed(0)
+    decay = 0.9
+
+    def run(sparse: bool) -> Tensor:
+        torch.manual_seed(0)
+        table = torch.nn.Embedding(6, 3, sparse=sparse)
+        optimiser = (torch.optim.SparseAdam if sparse else torch.optim.Adam)(
+            table.parameters(), lr=0.1
+        )
+        names = {"weight"} if sparse else set()
+        ema = WeightAverage(table, decay, names)
+        for rows in ([0, 1], [1], [4, 4, 0], [5], [1, 2]):  # rows 3 never trained
+            optimiser.zero_grad()
+            table(torch.tensor(rows)).pow(2).sum().backward()
+            ema.before_step(table)
+            optimiser.step()
+            ema.update(table)
+        return ema.averaged(table)["weight"]
+
+    # SparseAdam and Adam differ on untouched rows (Adam keeps moving them on momentum), so
+    # compare the lazy average with the every-step average of the same sparse trajectory.
+    lazy = run(True)
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(6, 3, sparse=True)
+    optimiser = torch.optim.SparseAdam(table.parameters(), lr=0.1)
+    shadow, steps = torch.zeros(6, 3), 0
+    for rows in ([0, 1], [1], [4, 4, 0], [5], [1, 2]):
+        optimiser.zero_grad()
+        table(torch.tensor(rows)).pow(2).sum().backward()
+        optimiser.step()
+        steps += 1
+        shadow = decay * shadow + (1 - decay) * table.weight.detach()
+    torch.testing.assert_close(lazy, shadow / (1 - decay**steps))
 
 
 def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
@@ -162,13 +197,16 @@ def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
     ema = WeightAverage(layer, decay=0.9)
     set_weight(layer, 4.0)
     ema.update(layer)
-    average = ema.shadow["weight"].item()
+    set_weight(layer, 6.0)
+    ema.update(layer)
+    average = ema.averaged(layer)["weight"].item()
+    assert average == pytest.approx((0.9 * 0.4 + 0.6) / (1 - 0.81))
     with pytest.raises(RuntimeError, match="inside"), averaged(ema, layer):
         assert layer.weight.item() == pytest.approx(average)
         raise RuntimeError("inside")
-    assert layer.weight.item() == 4.0
+    assert layer.weight.item() == 6.0
     with averaged(None, layer):
-        assert layer.weight.item() == 4.0
+        assert layer.weight.item() == 6.0
 
 
 def test_weight_averaging_validates_and_keeps_the_average_and_trains_the_same_path(
@@ -213,19 +251,20 @@ def test_training_batches_see_the_history_before_each_entry_and_users_the_latest
     prepared: Prepared,
 ) -> None:
     inputs, histories = prepared.inputs, prepared.inputs.histories
-    entries = np.array([0, 3, 7])
-    users = prepared.inputs.data.inter_users[histories.source_rows[entries]]
-    tokens = inputs.data.item_tokens
+    entries = torch.tensor([0, 3, 7])
+    users = torch.from_numpy(inputs.data.inter_users[histories.source_rows[entries.numpy()]])
     batch = inputs.users(users, entries)
-    np.testing.assert_array_equal(batch["history"], histories.before(entries, 100, tokens))
-    np.testing.assert_array_equal(
-        inputs.users(users)["history"], histories.latest(users, 100, tokens)
+    assert torch.equal(batch["history"].tokens, inputs.history.before(users, entries, 100).tokens)
+    assert torch.equal(
+        inputs.users(users)["history"].tokens, inputs.history.latest(users, 100).tokens
     )
     np.testing.assert_array_equal(batch["user_id"], inputs.data.user_features["user_id"][users])
 
 
-def test_known_positive_mask_marks_each_users_training_items(prepared: Prepared) -> None:
-    task = TwoTowerTrainTask(prepared.model(), prepared.inputs, prepared.settings(), seed=0)
+@pytest.mark.parametrize("dense_cells", [16_000_000, 0])  # the dense table and the CSR walk
+def test_known_positive_mask_marks_each_users_training_items(
+    prepared: Prepared, dense_cells: int
+) -> None:
     data = prepared.inputs.data
     pairs = set(
         zip(
@@ -234,30 +273,51 @@ def test_known_positive_mask_marks_each_users_training_items(prepared: Prepared)
             strict=True,
         )
     )
-    users, items = np.arange(data.n_users), np.arange(data.n_items)
-    expected = [[(u, i) in pairs for i in items.tolist()] for u in users.tolist()]
-    assert task._known(users, items).tolist() == expected
-    assert sum(map(sum, expected)) == len(pairs) > 0
+    known = KnownItems(
+        data.inter_users[prepared.train_rows],
+        data.inter_items[prepared.train_rows],
+        data.n_users,
+        data.n_items,
+        dense_cells=dense_cells,
+    )
+    assert (known.table is None) == (dense_cells == 0)
+    # Users and columns repeat, as in a batch (popular positives, heavy users).
+    users = torch.cat([torch.arange(data.n_users), torch.tensor([0, 0, 3])])
+    items = torch.cat([torch.arange(data.n_items), torch.tensor([5, 5, 0])])
+    expected = [[float((u, i) in pairs) for i in items.tolist()] for u in users.tolist()]
+    assert known.mask(users, items).tolist() == expected
+    assert sum(map(sum, expected)) > len(pairs) > 0
 
 
-@pytest.mark.parametrize(
-    "knobs",
-    [{"loss": loss} for loss in LOSSES[:3]]
-    + [
-        {"loss": "listwise", "sampled_negatives": 5, "sampler": sampler}
-        for sampler in ("uniform", "popularity")
-    ],
-)
-def test_a_training_step_keeps_every_tensor_on_the_inputs_device(
-    prepared: Prepared, knobs: dict
+def tensors_of(value: object, seen: set[int] | None = None) -> list[Tensor]:
+    """Every tensor reachable through attributes, lists, tuples and dicts of ``value``."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return []
+    seen.add(id(value))
+    if isinstance(value, Tensor):
+        return [value]
+    children: list[object] = []
+    if isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, list | tuple):
+        children = list(value)
+    elif hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module | np.ndarray):
+        children = list(vars(value).values())
+    return [t for child in children for t in tensors_of(child, seen)]
+
+
+def test_inputs_and_task_build_every_lookup_table_on_the_inputs_device(
+    prepared: Prepared,
 ) -> None:
-    # The meta device refuses to mix with CPU tensors as CUDA does, and runs without a GPU.
-    inputs = dataclasses.replace(prepared.inputs, device="meta")
-    model = prepared.model().to("meta")
-    task = TwoTowerTrainTask(model, inputs, prepared.settings(**knobs), seed=0)
-    loss = task.loss(np.arange(16))
-    loss.backward()
-    assert loss.device.type == "meta" and loss.shape == ()
+    # A step cannot run on the meta device (ragged batches have data-dependent shapes), but
+    # everything built once for the steps must land there, as it would on a GPU.
+    p = prepared.inputs
+    inputs = Inputs(p.data, p.histories, p.user_spec, p.item_spec, device="meta")
+    task = TwoTowerTrainTask(prepared.model().to("meta"), inputs, prepared.settings(), seed=0)
+    held = tensors_of(inputs) + tensors_of(task.known) + [task.pos_log_q, task.entry_users]
+    assert len(held) > 10
+    assert {t.device.type for t in held} == {"meta"}
 
 
 def teacher_task(prepared: Prepared, model: TwoTower, **changes: object) -> TwoTowerTrainTask:
@@ -268,8 +328,10 @@ def teacher_task(prepared: Prepared, model: TwoTower, **changes: object) -> TwoT
 def test_the_teacher_term_is_added_to_the_loss_with_its_weight(prepared: Prepared) -> None:
     model = prepared.model().eval()  # no dropout: every forward pass gives the same vectors
     task = teacher_task(prepared, model, teacher_weight=2.5)
-    entries = np.arange(40)
-    users = prepared.inputs.data.inter_users[prepared.inputs.histories.source_rows[entries]]
+    entries = torch.arange(40)
+    users = torch.from_numpy(
+        prepared.inputs.data.inter_users[prepared.inputs.histories.source_rows[entries.numpy()]]
+    )
     with torch.no_grad():
         total = task.loss(entries).item()
         parts = task.task_loss(entries, users).item(), task.teacher_loss(users).item()
@@ -286,7 +348,7 @@ def test_the_teacher_learns_from_training_rows_only(prepared: Prepared) -> None:
 
 
 def test_training_with_the_teacher_moves_the_model_towards_it(prepared: Prepared) -> None:
-    users = np.arange(prepared.inputs.data.n_users)
+    users = torch.arange(prepared.inputs.data.n_users)
     distances = {}
     for weight in (0.0, 5.0):
         model = prepared.model()
