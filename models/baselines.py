@@ -19,16 +19,18 @@ class MostPopular:
         counts = np.bincount(sp.csr_matrix(train).indices, minlength=train.shape[1])
         self.item_counts = counts.astype(np.float32)
 
-    def score(self, users: np.ndarray) -> np.ndarray:
-        """Item counts broadcast to float32 [len(users), n_items]."""
-        return np.tile(self.item_counts, (len(users), 1))
+    def score(self, users: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Item counts broadcast to float32 [len(users), stop - start]."""
+        return np.tile(self.item_counts[start:stop], (len(users), 1))
 
 
 class ItemKNN:
     """Item-based collaborative filtering with cosine similarity over training columns.
 
     similarity[i, j] = <x_i, x_j> / (|x_i| |x_j| + shrink), self-similarity 0; each target item j
-    keeps its k most similar items i. score = profile[users] @ similarity.
+    keeps its k most similar items i. score = profile[users] @ similarity. The similarity is
+    computed from the sparse co-occurrence ``X^T X`` a block of target items at a time, so
+    memory follows the co-occurring pairs of a block, never ``n_items^2``.
     """
 
     def __init__(
@@ -37,45 +39,50 @@ class ItemKNN:
         profile: sp.csr_matrix,
         k: int = 100,
         shrink: float = 0.0,
-        block_size: int = 1024,
+        block_size: int = 4096,
     ) -> None:
         _check_shapes(train, profile)
         if k < 1 or shrink < 0:
             raise ValueError(f"ItemKNN needs k >= 1 and shrink >= 0, got k={k}, shrink={shrink}")
-        self.profile = sp.csr_matrix(profile)
+        self.profile = sp.csr_matrix(profile, dtype=np.float32)
         self.similarity = _cosine_top_k(
-            sp.csc_matrix(train, dtype=np.float64), k, shrink, block_size
+            sp.csr_matrix(train, dtype=np.float32), k, shrink, block_size
         )
 
-    def score(self, users: np.ndarray) -> np.ndarray:
-        """Summed similarity of each item to the user's profile items, float32 [b, n_items]."""
-        return (self.profile[users] @ self.similarity).toarray().astype(np.float32)
+    def score(self, users: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Summed similarity of each item to the user's profile items, float32 [b, items]."""
+        block = self.similarity[:, start:stop]  # CSC: a cheap column slice
+        return (self.profile[users] @ block).toarray().astype(np.float32)
 
 
-def _cosine_top_k(columns: sp.csc_matrix, k: int, shrink: float, block_size: int) -> sp.csr_matrix:
+def _cosine_top_k(rows: sp.csr_matrix, k: int, shrink: float, block_size: int) -> sp.csc_matrix:
     """Sparse [n_items, n_items] cosine similarity keeping the top k rows of every column."""
-    n_items = columns.shape[1]
-    norms = np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0)).ravel())
-    gram_left = columns.T.tocsr()
-    rows, cols, values = [], [], []
-    # Column blocks bound memory to n_items x block_size dense floats.
+    n_items = rows.shape[1]
+    columns = rows.tocsc()
+    norms = np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0), dtype=np.float64).ravel())
+    neighbours, targets, values = [], [], []
     for start in range(0, n_items, block_size):
         stop = min(start + block_size, n_items)
-        block = (gram_left @ columns[:, start:stop]).toarray()
-        denominator = np.outer(norms, norms[start:stop]) + shrink
-        block = np.divide(block, denominator, out=np.zeros_like(block), where=denominator > 0)
-        block[np.arange(start, stop), np.arange(stop - start)] = 0.0  # an item is not its neighbour
-        if k < n_items:
-            keep = np.argpartition(-block, k - 1, axis=0)[:k]
-        else:
-            keep = np.broadcast_to(np.arange(n_items)[:, None], block.shape)
-        kept = np.take_along_axis(block, keep, axis=0)
-        nonzero = kept > 0
-        rows.append(keep[nonzero])
-        cols.append(np.broadcast_to(np.arange(start, stop), kept.shape)[nonzero])
-        values.append(kept[nonzero])
-    return sp.csr_matrix(
-        (np.concatenate(values).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+        # Row t of the block: co-occurrence counts of target item start + t with every item.
+        block = (columns[:, start:stop].T @ rows).tocsr()
+        block.sort_indices()
+        target = np.repeat(np.arange(start, stop), np.diff(block.indptr))
+        neighbour = block.indices.astype(np.int64)
+        value = block.data.astype(np.float64) / (norms[target] * norms[neighbour] + shrink)
+        useful = (neighbour != target) & (value > 0)  # an item is not its own neighbour
+        target, neighbour, value = target[useful], neighbour[useful], value[useful]
+        order = np.lexsort((-value, target))  # by target, best first
+        target, neighbour, value = target[order], neighbour[order], value[order]
+        first = np.searchsorted(target, target)  # where each target's run starts
+        kept = np.arange(len(target)) - first < k
+        targets.append(target[kept])
+        neighbours.append(neighbour[kept])
+        values.append(value[kept])
+    return sp.csc_matrix(
+        (
+            np.concatenate(values).astype(np.float32),
+            (np.concatenate(neighbours), np.concatenate(targets)),
+        ),
         shape=(n_items, n_items),
     )
 
@@ -113,9 +120,9 @@ class EASE:
         self.weights = weights.astype(np.float32)
         self.profile = sp.csr_matrix(profile, dtype=np.float32)
 
-    def score(self, users: np.ndarray) -> np.ndarray:
-        """profile[users] @ B, float32 [b, n_items]."""
-        return np.asarray(self.profile[users] @ self.weights, dtype=np.float32)
+    def score(self, users: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """profile[users] @ B[:, start:stop], float32 [b, items]."""
+        return np.asarray(self.profile[users] @ self.weights[:, start:stop], dtype=np.float32)
 
 
 def _check_shapes(train: sp.csr_matrix, profile: sp.csr_matrix) -> None:

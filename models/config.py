@@ -61,6 +61,9 @@ class TrainSettings:
     sparse_rows: int = 100_000  # embedding tables this big train with sparse gradients
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    # Full-ranking evaluation (validation and test) scores every user with held-out items up
+    # to this many, and a seeded sample of this many beyond it; 0 = every user.
+    eval_users: int = 20_000
 
     def __post_init__(self) -> None:
         # A typo would otherwise silently train another loss or sampler.

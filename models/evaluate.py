@@ -9,14 +9,16 @@ from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 KS = (10, 20, 50, 100)
 METRICS = ("recall", "ndcg", "hr", "mrr")
 
 
 class Scorer(Protocol):
-    def score(self, users: np.ndarray) -> np.ndarray:
-        """Score every item for `users` (int64 user rows [batch]) -> float32 [batch, n_items]."""
+    def score(self, users: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Scores of items ``start..stop-1`` (default: all) for ``users`` (int64 rows) ->
+        float32 ``[len(users), stop - start]``."""
         ...
 
 
@@ -39,69 +41,111 @@ def evaluate(
     truth: sp.csr_matrix,
     exclude: sp.csr_matrix,
     ks: Sequence[int] = KS,
-    batch_size: int = 512,
+    batch_size: int = 256,
     coverage_k: int = 50,
+    max_users: int = 0,
+    seed: int = 0,
+    block_cells: int = 1 << 24,
 ) -> dict[str, float]:
     """Rank all items for every user with held-out items and average the metrics.
 
     truth [n_users, n_items]: nonzero at each user's held-out items; users without any are
     skipped. exclude [n_users, n_items]: items removed from the ranking (train, and valid
-    for test). Returns `{metric}@{k}` for metric in METRICS and k in ks,
-    `coverage@{coverage_k}` (share of the catalogue in any evaluated user's top coverage_k)
-    and `users` (how many were evaluated).
+    for test). With ``max_users`` > 0 and more users than that, a seeded sample of
+    ``max_users`` of them is evaluated. Items are scored in blocks of about
+    ``block_cells / batch`` columns, keeping a running top list, so memory does not grow
+    with the catalogue. Returns ``{metric}@{k}`` for metric in METRICS and k in ks,
+    ``coverage@{coverage_k}`` (share of the catalogue in any evaluated user's top
+    coverage_k), ``users`` (how many were evaluated) and ``users_total`` (how many had truth).
     """
     if truth.shape != exclude.shape:
         raise ValueError(
             f"truth {truth.shape} and exclude {exclude.shape} differ in shape; "
             "build both with the same n_users and n_items"
         )
-    if not ks or min(ks) < 1 or coverage_k < 1 or batch_size < 1:
-        raise ValueError("ks, coverage_k and batch_size must be positive integers")
+    if not ks or min(ks) < 1 or coverage_k < 1 or batch_size < 1 or max_users < 0:
+        raise ValueError("ks, coverage_k and batch_size must be positive, max_users >= 0")
     truth, exclude = sp.csr_matrix(truth, copy=True), sp.csr_matrix(exclude)
     truth.eliminate_zeros()  # a stored zero is not a held-out item
     n_items = truth.shape[1]
-    users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
-    if len(users) == 0:
-        raise ValueError("truth has no user with a held-out item; check the split")
+    users, total = evaluated_users(truth, max_users, seed)
 
     k_max = max(ks)
     sums = {f"{metric}@{k}": 0.0 for metric in METRICS for k in ks}
     covered = np.zeros(n_items, dtype=bool)
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
-        scores = np.array(scorer.score(batch), dtype=np.float32)  # copy: masked in place
-        if scores.shape != (len(batch), n_items):
-            raise ValueError(
-                f"scorer returned scores of shape {scores.shape}, expected {(len(batch), n_items)}"
-            )
-        excluded = exclude[batch].tocoo()
-        scores[excluded.row, excluded.col] = -np.inf
-        top_items, top_scores = _top_items(scores, max(k_max, coverage_k))
+        top_items, top_scores = _ranked(
+            scorer, batch, exclude[batch], max(k_max, coverage_k), block_cells
+        )
         covered[top_items[:, :coverage_k][np.isfinite(top_scores[:, :coverage_k])]] = True
-
-        relevant = truth[batch].toarray() != 0
-        hits = np.take_along_axis(relevant, top_items[:, :k_max], axis=1)
+        hits = _is_truth(truth[batch], top_items[:, :k_max])
         hits &= np.isfinite(top_scores[:, :k_max])  # an excluded truth item is never a hit
-        for key, values in _user_metrics(hits, relevant.sum(axis=1), ks, k_max).items():
+        n_truth = np.diff(truth[batch].indptr)
+        for key, values in _user_metrics(hits, n_truth, ks, k_max).items():
             sums[key] += float(values.sum())
 
-    result = {key: total / len(users) for key, total in sums.items()}
+    result = {key: value / len(users) for key, value in sums.items()}
     result[f"coverage@{coverage_k}"] = float(covered.sum()) / n_items
     result["users"] = float(len(users))
+    result["users_total"] = float(total)
     return result
 
 
-def _top_items(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best `k` items per row, best first: (items int64 [b, k'], scores [b, k']), k' <= k."""
-    k = min(k, scores.shape[1])
-    if k < scores.shape[1]:
-        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        candidates = np.broadcast_to(np.arange(k), scores.shape)
-    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    order = np.argsort(-candidate_scores, axis=1, kind="stable")
-    items = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
-    return items, np.take_along_axis(candidate_scores, order, axis=1)
+def evaluated_users(
+    truth: sp.csr_matrix, max_users: int = 0, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """The users ``evaluate`` scores: those with truth items, or a seeded sample of
+    ``max_users`` of them when there are more (sorted int64), and how many had truth."""
+    truth = sp.csr_matrix(truth)
+    users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
+    if len(users) == 0:
+        raise ValueError("truth has no user with a held-out item; check the split")
+    total = len(users)
+    if max_users and total > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    return users, total
+
+
+def _ranked(
+    scorer: Scorer, users: np.ndarray, excluded: sp.csr_matrix, k: int, block_cells: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` items per user, best first, over item blocks: (int64 [b, k'], float32 [b, k'])."""
+    n_items = excluded.shape[1]
+    k = min(k, n_items)
+    coo = excluded.tocoo()
+    by_item = np.argsort(coo.col, kind="stable")
+    cols, rows = coo.col[by_item], coo.row[by_item]
+    width = max(k, block_cells // max(len(users), 1))
+    best_scores = torch.empty(len(users), 0)
+    best_items = torch.empty(len(users), 0, dtype=torch.int64)
+    for a in range(0, n_items, width):
+        b = min(a + width, n_items)
+        scores = np.array(scorer.score(users, a, b), dtype=np.float32)  # copy: masked in place
+        if scores.shape != (len(users), b - a):
+            raise ValueError(
+                f"scorer returned scores of shape {scores.shape}, expected {(len(users), b - a)}"
+            )
+        lo, hi = np.searchsorted(cols, [a, b])
+        scores[rows[lo:hi], cols[lo:hi] - a] = -np.inf
+        block = torch.from_numpy(scores)
+        values, items = torch.topk(block, min(k, b - a), dim=1)
+        best_scores = torch.cat([best_scores, values], dim=1)
+        best_items = torch.cat([best_items, items + a], dim=1)
+        if best_scores.shape[1] > k:
+            best_scores, keep = torch.topk(best_scores, k, dim=1)
+            best_items = best_items.gather(1, keep)
+    return best_items.numpy(), best_scores.numpy()
+
+
+def _is_truth(truth: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+    """bool ``[b, k]``: whether each ranked item is one of its user's truth items."""
+    n_items = truth.shape[1]
+    keys = np.repeat(np.arange(truth.shape[0]), np.diff(truth.indptr)) * n_items + truth.indices
+    keys.sort()
+    asked = np.arange(len(items))[:, None] * n_items + items
+    where = np.searchsorted(keys, asked).clip(max=max(len(keys) - 1, 0))
+    return keys[where] == asked if len(keys) else np.zeros(items.shape, dtype=bool)
 
 
 def _user_metrics(

@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from models.artifact import Artifact, load_artifact, save_artifact, warm_start
-from models.baselines import EASE, ItemKNN, MostPopular
 from models.config import TrainConfig
 from models.data import RawDataset, Split, load_dataset, make_split
 from models.encoding import EncodedData, Histories, encode_dataset, fit_specs, id_feature
-from models.evaluate import evaluate, interaction_matrix
 from models.features import UNKNOWN, FeatureSpec
+from models.inputs import Inputs
 from models.plots import plot_recall_curve, plot_training_curve
-from models.train import Inputs, all_item_vectors, train_model, user_vectors
+from models.scoreboard import Scoreboard, interactions, model_metrics
+from models.train import train_model
 from models.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -43,18 +42,6 @@ TABLE_METRICS = (
 )
 
 
-class VectorScorer:
-    """Scores users against items from precomputed vectors (the model as an evaluator Scorer)."""
-
-    def __init__(self, users: torch.Tensor, items: torch.Tensor, rows: np.ndarray, n_users: int):
-        self.items = items.numpy()
-        self.users = np.zeros((n_users, items.shape[1]), dtype=np.float32)
-        self.users[rows] = users.numpy()
-
-    def score(self, users: np.ndarray) -> np.ndarray:
-        return self.users[users] @ self.items.T
-
-
 def profile_only(inputs: Inputs, user_spec: FeatureSpec) -> Inputs:
     """``inputs`` as a held-out user has them: every user id unknown and no history."""
     name = id_feature(user_spec)
@@ -63,23 +50,6 @@ def profile_only(inputs: Inputs, user_spec: FeatureSpec) -> Inputs:
     data = replace(inputs.data, user_features=features)
     nothing = Histories.build(data, np.empty(0, dtype=np.int64))
     return Inputs(data, nothing, inputs.user_spec, inputs.item_spec, inputs.device)
-
-
-def _matrix(data: EncodedData, rows: np.ndarray) -> sp.csr_matrix:
-    return interaction_matrix(
-        data.inter_users[rows], data.inter_items[rows], data.n_users, data.n_items
-    )
-
-
-def model_metrics(
-    model: TwoTower, inputs: Inputs, truth: sp.csr_matrix, exclude: sp.csr_matrix
-) -> dict[str, float]:
-    """Full-ranking metrics of the model for the users that have truth items."""
-    rows = np.unique(truth.nonzero()[0])
-    scorer = VectorScorer(
-        user_vectors(model, inputs, rows), all_item_vectors(model, inputs), rows, truth.shape[0]
-    )
-    return evaluate(scorer, truth, exclude)
 
 
 @dataclass
@@ -140,14 +110,14 @@ def run_training(
     dataset = load_dataset(data_dir, config.dataset)
     split = make_split(dataset.interactions, protocol, settings.seed)
     fitted = fit_on(config, dataset, split, split.train, init_from)
-    train_m, valid_m = (_matrix(fitted.data, r) for r in (split.train, split.valid))
+    train_m, valid_m = (interactions(fitted.data, r) for r in (split.train, split.valid))
 
     valid_inputs = fitted.inputs
     if protocol == "cold-users":
         valid_inputs = profile_only(fitted.inputs, fitted.user_spec)
 
     def validate(m: TwoTower) -> dict[str, float]:
-        return model_metrics(m, valid_inputs, valid_m, train_m)
+        return model_metrics(m, valid_inputs, valid_m, train_m, settings.eval_users, settings.seed)
 
     result = train_model(fitted.model, fitted.inputs, settings, validate, progress=progress)
     known = np.concatenate([split.train, split.valid])
@@ -155,11 +125,10 @@ def run_training(
         fitted = fit_on(config, dataset, split, known, init_from)
         refit = replace(settings, epochs=result.best_epoch)
         train_model(fitted.model, fitted.inputs, refit, None, progress=progress)
-    known_m, test_m = (_matrix(fitted.data, r) for r in (known, split.test))
-    fit_m = known_m if settings.refit else _matrix(fitted.data, split.train)
-    results = test_results(
-        fitted.model, fitted.data, split, known, fit_m, test_m, fitted.inputs.device
-    )
+    known_m, test_m = (interactions(fitted.data, r) for r in (known, split.test))
+    fit_m = known_m if settings.refit else interactions(fitted.data, split.train)
+    board = Scoreboard(fitted.data, split, known, fit_m, test_m, settings.eval_users, settings.seed)
+    results = board.results(fitted.model, fitted.inputs.device)
     info = data_info(config, dataset.fingerprint, split, data_dir)
     metrics: dict[str, Any] = {
         "protocol": protocol,
@@ -169,6 +138,7 @@ def run_training(
         "refit": bool(settings.refit and len(split.valid)),
         "valid": {settings.metric: result.best_metric},
         "test": results,
+        "skipped_baselines": board.skipped,
     }
     with tempfile.TemporaryDirectory() as tmp:
         plots = Path(tmp)
@@ -186,39 +156,6 @@ def run_training(
         )
         save_artifact(artifact, out)
     return artifact
-
-
-def test_results(
-    model: TwoTower,
-    data: EncodedData,
-    split: Split,
-    known: np.ndarray,
-    train_m: sp.csr_matrix,
-    test_m: sp.csr_matrix,
-    device: torch.device | str = "cpu",
-) -> dict[str, dict[str, float]]:
-    """Test metrics of the model and the baselines on the same split and evaluator.
-
-    Baselines are fitted on ``train_m`` (what the model was trained on) and score users from
-    their ``known`` rows; items in ``known`` are excluded from every ranking.
-    """
-    spec = model.user_tower.spec, model.item_tower.spec
-    inputs = Inputs(data, Histories.build(data, known), *spec, device)
-    profile = _matrix(data, known)
-    if split.protocol == "cold-users":
-        exclude = sp.csr_matrix(test_m.shape, dtype=np.float32)  # held-out users have no profile
-        scorers: dict[str, Any] = {"most-popular": MostPopular(train_m)}
-    else:
-        exclude = profile
-        scorers = {
-            "most-popular": MostPopular(train_m),
-            "itemknn": ItemKNN(train_m, profile),
-            "ease": EASE(train_m, profile),
-        }
-    results = {"two-tower": model_metrics(model, inputs, test_m, exclude)}
-    for name, scorer in scorers.items():
-        results[name] = evaluate(scorer, test_m, exclude)
-    return results
 
 
 def data_info(config: TrainConfig, data_fp: str, split: Split, data_dir: Path) -> dict[str, Any]:

@@ -32,9 +32,9 @@ class FixedScorer:
         self.scores = scores
         self.calls: list[np.ndarray] = []
 
-    def score(self, users: np.ndarray) -> np.ndarray:
+    def score(self, users: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         self.calls.append(users)
-        return self.scores[users]
+        return self.scores[users, start:stop]
 
 
 def run(scores: np.ndarray = SCORES, batch_size: int = 512) -> dict[str, float]:
@@ -69,6 +69,7 @@ def test_metrics_match_hand_derived_values() -> None:
         # Top-2 of evaluated users: user 0 {0, 1}, user 1 {5, 4} -> 4 of 6 items.
         "coverage@2": 4 / 6,
         "users": 2.0,
+        "users_total": 2.0,
     }
     assert result.keys() == expected.keys()
     for key, value in expected.items():
@@ -88,7 +89,7 @@ def test_excluded_top_scored_item_does_not_take_a_rank() -> None:
 def test_users_without_truth_are_never_scored() -> None:
     scorer = FixedScorer(SCORES)
     evaluate(scorer, TRUTH, EXCLUDE, ks=KS_SMALL, batch_size=1)
-    assert [users.tolist() for users in scorer.calls] == [[0], [1]]
+    assert [users.tolist() for users in scorer.calls] == [[0], [1]]  # one block each
 
 
 def test_batch_size_does_not_change_results() -> None:
@@ -143,3 +144,42 @@ def test_metrics_match_per_user_reference_on_random_data() -> None:
     assert result["users"] == len(recalls)
     assert result["recall@10"] == pytest.approx(np.mean(recalls))
     assert result["ndcg@10"] == pytest.approx(np.mean(ndcgs))
+
+
+def random_world(seed: int = 7, users: int = 60, items: int = 30) -> tuple:
+    rng = np.random.default_rng(seed)
+    train = sp.csr_matrix((rng.random((users, items)) < 0.2).astype(np.float32))
+    held_out = sp.csr_matrix((rng.random((users, items)) < 0.1) & (train.toarray() == 0))
+    return FixedScorer(rng.random((users, items)).astype(np.float32)), held_out, train
+
+
+def test_item_blocks_do_not_change_results() -> None:
+    scorer, held_out, train = random_world()
+    knobs = {"ks": (3, 10), "batch_size": 7, "coverage_k": 5}
+    whole = evaluate(scorer, held_out, train, **knobs)
+    scorer.calls.clear()
+    # 7 users x about 2 cells each: blocks of 10 items (never narrower than the top list).
+    blocked = evaluate(scorer, held_out, train, block_cells=16, **knobs)
+    assert len(scorer.calls) > len(range(0, int(whole["users"]), 7))  # several blocks a batch
+    assert blocked == pytest.approx(whole)
+
+
+def test_a_user_sample_scores_exactly_the_sampled_users() -> None:
+    scorer, held_out, train = random_world(users=300)
+    sampled = evaluate(scorer, held_out, train, ks=(10,), max_users=50, seed=3)
+    assert (sampled["users"], sampled["users_total"]) == (
+        50.0,
+        float(held_out.getnnz(1).astype(bool).sum()),
+    )
+    users = np.unique(np.concatenate(scorer.calls))
+    assert len(users) == 50
+    # The same metrics as a full evaluation restricted to those users.
+    only = sp.lil_matrix(held_out.shape, dtype=np.float32)
+    only[users] = held_out[users]
+    direct = evaluate(scorer, sp.csr_matrix(only), train, ks=(10,))
+    assert sampled["recall@10"] == pytest.approx(direct["recall@10"])
+    again = evaluate(scorer, held_out, train, ks=(10,), max_users=50, seed=3)
+    assert again == sampled  # seeded
+    full = evaluate(scorer, held_out, train, ks=(10,))
+    assert full["users"] == full["users_total"] > 50
+    assert sampled["recall@10"] == pytest.approx(full["recall@10"], abs=0.1)  # a fair sample

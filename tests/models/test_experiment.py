@@ -25,7 +25,9 @@ from models.experiment import (
 )
 from models.features import UNKNOWN
 from models.losses import LOSSES
-from models.train import Inputs, TwoTowerTrainTask
+from models import scoreboard
+from models.inputs import Inputs
+from models.task import TwoTowerTrainTask
 from models.two_tower import TwoTower
 
 from .conftest import Trained
@@ -132,12 +134,13 @@ def test_cold_users_validation_scores_users_from_their_profile_alone(
     seen: list[bool] = []
     real = experiment.model_metrics
 
-    def recording(model: TwoTower, inputs: Inputs, *args: Any) -> dict[str, float]:
+    def recording(model: TwoTower, inputs: Inputs, *args: Any, **kw: Any) -> dict[str, float]:
         ids = inputs.data.user_features["user_id"]
         seen.append(bool((ids == UNKNOWN).all()) and len(inputs.histories.items) == 0)
-        return real(model, inputs, *args)
+        return real(model, inputs, *args, **kw)
 
-    monkeypatch.setattr(experiment, "model_metrics", recording)
+    monkeypatch.setattr(experiment, "model_metrics", recording)  # validation
+    monkeypatch.setattr(scoreboard, "model_metrics", recording)  # test
     run_training(tiny_config, protocol, tmp_path / "run", progress=False)
     validations, test = seen[:-1], seen[-1]
     assert validations and all(v == blank for v in validations)
