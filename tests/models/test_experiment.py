@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import experiment
+from models import experiment, scoreboard
 from models.artifact import load_artifact
 from models.config import TrainConfig
 from models.data import load_dataset, make_split
@@ -24,9 +24,8 @@ from models.experiment import (
     run_training,
 )
 from models.features import UNKNOWN
-from models.losses import LOSSES
-from models import scoreboard
 from models.inputs import Inputs
+from models.losses import LOSSES
 from models.task import TwoTowerTrainTask
 from models.two_tower import TwoTower
 

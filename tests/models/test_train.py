@@ -16,10 +16,10 @@ from models.config import TrainConfig, TrainSettings
 from models.data import load_dataset, make_split
 from models.encoding import Histories, encode_dataset, fit_specs
 from models.evaluate import interaction_matrix
-from models.scoreboard import model_metrics
 from models.features import FeatureSpec
 from models.inputs import Inputs
 from models.losses import LOSSES
+from models.scoreboard import model_metrics
 from models.task import KnownItems, TwoTowerTrainTask
 from models.train import TrainResult, train_model
 from models.two_tower import TwoTower
