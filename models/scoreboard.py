@@ -101,8 +101,8 @@ class Scoreboard:
         """Test metrics of ``model`` (latest histories from the known rows) and every baseline."""
         spec = model.user_tower.spec, model.item_tower.spec
         inputs = Inputs(self.data, Histories.build(self.data, self.known), *spec, device)
-        knobs = {"max_users": self.max_users, "seed": self.seed}
-        out = {"two-tower": model_metrics(model, inputs, self.test_m, self.exclude, **knobs)}
+        truth, exclude, sample = self.test_m, self.exclude, (self.max_users, self.seed)
+        out = {"two-tower": model_metrics(model, inputs, truth, exclude, *sample)}
         for name, scorer in self.baselines.items():
-            out[name] = evaluate(scorer, self.test_m, self.exclude, **knobs)
+            out[name] = evaluate(scorer, truth, exclude, max_users=sample[0], seed=sample[1])
         return out
