@@ -1,8 +1,16 @@
-"""Exponential moving average of the weights, exact and lazy for sparsely trained tables.
+"""Exponential moving averages of the weights, exact and lazy for sparsely trained tables.
 
-``avg_t = (1 - d) * sum_s d^(t - s) * w_s / (1 - d^t)`` over the weights ``w_1 .. w_t`` after
-each optimiser step: an exponential average of the trajectory with Adam's bias correction, so
-the random initialisation never enters it and a run of any length averages what it trained.
+``m_t = (1 - d) * sum_s d^(t - s) * w_s`` over the weights ``w_1 .. w_t`` after each optimiser
+step gives two averages (``AVERAGES``):
+
+- ``from-init``: ``m_t + d^t * w_0``, the classic EMA started at the initial weights, which
+  keep a share ``d^t``: it also shrinks towards the small random start, and it lags, so early
+  stopping runs longer (ml-100k leave-last-out, seed 0: HR@50 0.451 against 0.426);
+- ``corrected``: ``m_t / (1 - d^t)``, with Adam's bias correction: the start never enters it,
+  so a run of any length averages what it trained (one epoch of ml-100k at d = 0.9995 is 91%
+  start in ``from-init``, at the random model's Recall@10 of 0.004).
+
+``train_model`` validates both and keeps the better.
 
 Dense parameters take one fused ``lerp`` per step. An embedding table trained with sparse
 gradients (``SparseAdam`` changes only the rows a batch touched) would pay a pass over every
@@ -20,11 +28,18 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+AVERAGES = ("from-init", "corrected")
+
 
 class WeightAverage:
-    """The bias-corrected EMA of ``model``'s parameters; ``sparse`` names SparseAdam tables."""
+    """The EMAs of ``model``'s parameters; ``sparse`` names tables trained with RowAdam."""
 
-    def __init__(self, model: nn.Module, decay: float, sparse: set[str] = frozenset()):  # type: ignore[assignment]
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float,
+        sparse: set[str] = frozenset(),  # type: ignore[assignment]
+    ):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
@@ -32,6 +47,7 @@ class WeightAverage:
         self.dense_names = [name for name in named if name not in sparse]
         self.sparse_names = [name for name in named if name in sparse]
         self.shadow = {name: torch.zeros_like(p.detach()) for name, p in named.items()}
+        self.start = {name: p.detach().clone() for name, p in named.items()}
         self.last = {  # the step each sparse row's shadow is up to date with
             name: torch.zeros(len(named[name]), dtype=torch.int64, device=named[name].device)
             for name in self.sparse_names
@@ -68,44 +84,52 @@ class WeightAverage:
             if rows is None:
                 continue
             shadow = self.shadow[name]
-            shadow[rows] = shadow[rows].lerp_(named[name].detach()[rows], 1.0 - self.decay)
-            self.last[name][rows] = self.steps
+            live = named[name].detach().index_select(0, rows)
+            shadow.index_copy_(0, rows, shadow.index_select(0, rows).lerp_(live, 1.0 - self.decay))
+            self.last[name].index_fill_(0, rows, self.steps)
 
     def _catch_up(self, name: str, param: Tensor, rows: Tensor, step: int) -> None:
         """Rows of ``name`` brought to ``step``, their weights constant since their last step."""
-        lag = (step - self.last[name][rows]).to(param.dtype)
+        lag = (step - self.last[name].index_select(0, rows)).to(param.dtype)
         keep = torch.pow(self.decay, lag).unsqueeze(-1)  # d^k
         shadow = self.shadow[name]
-        shadow[rows] = param.detach()[rows].lerp(shadow[rows], keep)
-        self.last[name][rows] = step
+        live = param.detach().index_select(0, rows)
+        shadow.index_copy_(0, rows, live.lerp_(shadow.index_select(0, rows), keep))
+        self.last[name].index_fill_(0, rows, step)
 
     @torch.no_grad()
-    def averaged(self, model: nn.Module) -> dict[str, Tensor]:
-        """The averaged value of every parameter (the live weights before the first step)."""
+    def averaged(self, model: nn.Module, kind: str = "corrected") -> dict[str, Tensor]:
+        """The ``kind`` average (see ``AVERAGES``) of every parameter."""
+        if kind not in AVERAGES:
+            raise ValueError(f"average {kind!r} is not one of {AVERAGES}")
         named = dict(model.named_parameters())
         if self.steps == 0:
             return {name: p.detach().clone() for name, p in named.items()}
         for name in self.sparse_names:
             everything = torch.arange(len(named[name]), device=named[name].device)
             self._catch_up(name, named[name], everything, self.steps)
-        correction = 1.0 - self.decay**self.steps
-        return {name: shadow / correction for name, shadow in self.shadow.items()}
+        share = self.decay**self.steps  # of the start in the from-init average
+        if kind == "from-init":
+            return {name: m.add(self.start[name], alpha=share) for name, m in self.shadow.items()}
+        return {name: m / (1.0 - share) for name, m in self.shadow.items()}
 
     @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        averaged = self.averaged(model)
+    def copy_to(self, model: nn.Module, kind: str = "corrected") -> None:
+        averaged = self.averaged(model, kind)
         for name, param in model.named_parameters():
             param.copy_(averaged[name])
 
 
 @contextmanager
-def averaged(ema: WeightAverage | None, model: nn.Module) -> Iterator[None]:
-    """Inside the block ``model`` holds the averaged weights; afterwards its own again."""
+def averaged(
+    ema: WeightAverage | None, model: nn.Module, kind: str = "corrected"
+) -> Iterator[None]:
+    """Inside the block ``model`` holds the ``kind`` average; afterwards its own weights again."""
     if ema is None:
         yield
         return
     live = {name: p.detach().clone() for name, p in model.named_parameters()}
-    ema.copy_to(model)
+    ema.copy_to(model, kind)
     try:
         yield
     finally:

@@ -124,7 +124,8 @@ def run_training(
     if settings.refit and len(split.valid):
         fitted = fit_on(config, dataset, split, known, init_from)
         refit = replace(settings, epochs=result.best_epoch)
-        train_model(fitted.model, fitted.inputs, refit, None, progress=progress)
+        average = result.average or "corrected"
+        train_model(fitted.model, fitted.inputs, refit, None, progress=progress, average=average)
     known_m, test_m = (interactions(fitted.data, r) for r in (known, split.test))
     fit_m = known_m if settings.refit else interactions(fitted.data, split.train)
     board = Scoreboard(fitted.data, split, known, fit_m, test_m, settings.eval_users, settings.seed)
@@ -135,6 +136,7 @@ def run_training(
         "seed": settings.seed,
         "loss": settings.loss,
         "best_epoch": result.best_epoch,
+        "average": result.average,
         "refit": bool(settings.refit and len(split.valid)),
         "valid": {settings.metric: result.best_metric},
         "test": results,

@@ -17,14 +17,23 @@ from models.inputs import POOLED, Bag, TowerInputs, gather_ranges
 def pool(bag: Bag, weight: Tensor, sparse: bool = False) -> Tensor:
     """Mean of each list's embeddings ``[B, D]`` (zeros for an empty list).
 
-    A dense table's gradient is one sparse-matrix product (``_MeanPool``); a table trained
-    with sparse gradients keeps ``embedding_bag``'s own backward, which SparseAdam reads.
+    When the weight needs a gradient it comes from one sparse-matrix product (``_MeanPool``):
+    a dense ``[rows, D]`` tensor, or with ``sparse`` a coalesced sparse one holding only the
+    rows the lists used (what ``RowAdam`` reads).
     """
-    if sparse or not weight.requires_grad or not torch.is_grad_enabled():
+    if not (weight.requires_grad and torch.is_grad_enabled()):
         return F.embedding_bag(
-            bag.tokens, weight, bag.offsets, mode="mean", sparse=sparse, include_last_offset=True
+            bag.tokens, weight, bag.offsets, mode="mean", include_last_offset=True
         )
-    return _MeanPool.apply(weight, bag.tokens, bag.offsets)
+    return _MeanPool.apply(weight, bag.tokens, bag.offsets, sparse)
+
+
+def lookup(rows: Tensor, weight: Tensor, sparse: bool = False) -> Tensor:
+    """Embedding rows ``[B, D]``; a sparse table's gradient comes coalesced, as ``pool``'s."""
+    if not sparse:
+        return F.embedding(rows, weight)
+    singles = torch.arange(len(rows) + 1, device=rows.device)  # a list of one per row
+    return pool(Bag(rows, singles), weight, sparse=True)
 
 
 def _token_order(tokens: Tensor, rows: int) -> Tensor:
@@ -34,38 +43,54 @@ def _token_order(tokens: Tensor, rows: int) -> Tensor:
     return torch.sort(tokens, stable=True).indices
 
 
+def _csr(crow: Tensor, columns: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, columns, values, shape)
+
+
 class _MeanPool(torch.autograd.Function):
     """``embedding_bag(mode="mean")`` whose weight gradient is ``A^T @ grad``.
 
     ``A [B, rows]`` holds ``1 / len(list)`` at each (list, token); its transpose is built as a
     CSR matrix from a stable sort of the tokens. Measured on ml-100k's history (512 lists of
     up to 100 tokens, 1.7k x 102 table, one thread): 2.2 ms against 6.9 ms for
-    ``embedding_bag``'s backward, which materialises a row per token.
+    ``embedding_bag``'s backward, which materialises a row per token. With ``sparse`` only the
+    used rows are rows of the product, and the gradient is a coalesced sparse tensor.
     """
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, tokens: Tensor, offsets: Tensor) -> Tensor:
+    def forward(ctx: Any, weight: Tensor, tokens: Tensor, offsets: Tensor, sparse: bool) -> Tensor:
         ctx.save_for_backward(tokens, offsets)
-        ctx.rows = len(weight)
+        ctx.shape, ctx.sparse = weight.shape, sparse
         return F.embedding_bag(tokens, weight, offsets, mode="mean", include_last_offset=True)
 
     @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, None, None]:
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, None, None, None]:
         (grad,) = grads
         tokens, offsets = ctx.saved_tensors
-        lengths = offsets.diff()
+        rows, lengths = ctx.shape[0], offsets.diff()
         lists = torch.repeat_interleave(torch.arange(len(lengths), device=grad.device), lengths)
         scale = 1.0 / lengths.clamp(min=1).to(grad.dtype)
-        order = _token_order(tokens, ctx.rows).to(grad.device)
-        starts = torch.zeros(ctx.rows + 1, dtype=torch.int64, device=grad.device)
-        torch.cumsum(torch.bincount(tokens, minlength=ctx.rows), 0, out=starts[1:])
-        columns = lists[order]
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore")
-            transposed = torch.sparse_csr_tensor(
-                starts, columns, scale[columns], (ctx.rows, len(lengths))
+        order = _token_order(tokens, rows).to(grad.device)
+        columns = lists.index_select(0, order)
+        weights = scale.index_select(0, columns)
+        if ctx.sparse:
+            used, counts = torch.unique_consecutive(
+                tokens.index_select(0, order), return_counts=True
             )
-        return transposed @ grad.contiguous(), None, None
+            crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+            values = _csr(crow, columns, weights, (len(used), len(lengths))) @ grad.contiguous()
+            out = torch.sparse_coo_tensor(used[None], values, ctx.shape, is_coalesced=True)
+            return out, None, None, None
+        crow = torch.zeros(rows + 1, dtype=torch.int64, device=grad.device)
+        torch.cumsum(torch.bincount(tokens, minlength=rows), 0, out=crow[1:])
+        return (
+            _csr(crow, columns, weights, (rows, len(lengths))) @ grad.contiguous(),
+            None,
+            None,
+            None,
+        )
 
 
 def drop_lists(bag: Bag, p: float, rng: np.random.Generator) -> Bag:
@@ -172,7 +197,7 @@ class Tower(nn.Module):
             if feature.kind == "id" and self.training and self.id_dropout > 0:
                 drop = torch.from_numpy(self.rng.random(value.shape) < self.id_dropout)
                 value = value.masked_fill(drop.to(value.device), UNKNOWN)
-            parts.append(F.embedding(value, table.weight, sparse=table.sparse))
+            parts.append(lookup(value, table.weight, table.sparse))
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 

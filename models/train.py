@@ -7,15 +7,17 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from models.averaging import WeightAverage, averaged
+from models.averaging import AVERAGES, WeightAverage, averaged
 from models.config import TrainSettings
 from models.inputs import Inputs
+from models.optim import RowAdam
 from models.task import TwoTowerTrainTask
 from models.two_tower import TwoTower
 
@@ -47,9 +49,10 @@ def user_vectors(model: TwoTower, inputs: Inputs, rows: np.ndarray, batch: int =
 @dataclass
 class TrainResult:
     model: TwoTower
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_metric: float = -math.inf
+    average: str | None = None  # which weight average was kept (None: the live weights)
 
 
 def train_model(
@@ -58,10 +61,14 @@ def train_model(
     settings: TrainSettings,
     validate: Callable[[TwoTower], dict[str, float]] | None,
     progress: bool = True,
+    average: str = "corrected",
 ) -> TrainResult:
     """Train with early stopping on ``validate(model)[settings.metric]``; returns the best model.
 
-    With ``validate=None`` it trains exactly ``settings.epochs`` epochs and keeps the last.
+    With a weight average (``ema_decay`` > 0) each epoch validates both averages
+    (``models.averaging.AVERAGES``) and the better one counts; the result says which was kept.
+    With ``validate=None`` it trains exactly ``settings.epochs`` epochs and keeps the last
+    epoch's ``average``.
     """
     torch.manual_seed(settings.seed)
     model.reseed(settings.seed)
@@ -87,20 +94,29 @@ def train_model(
         )
         for start in steps:
             losses.append(stepper.step(task.loss(order[start : start + settings.batch_size])))
-        row = {"epoch": float(epoch), "loss": float(torch.stack(losses).mean()) if losses else 0.0}
+        row: dict[str, Any] = {"epoch": float(epoch)}
+        row["loss"] = float(torch.stack(losses).mean()) if losses else 0.0
         result.history.append(row)
         if validate is None:
             result.best_epoch = epoch
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             continue
-        with averaged(stepper.ema, model):  # what is validated (and kept) is what would ship
-            metrics = validate(model)
-            score = metrics[settings.metric]
-            if score > result.best_metric:
-                result.best_metric, result.best_epoch, stale = score, epoch, 0
+        # What is validated (and kept) is what would ship: each average, or the live weights.
+        kinds: tuple[str | None, ...] = AVERAGES if stepper.ema is not None else (None,)
+        tried = {}
+        for kind in kinds:
+            with averaged(stepper.ema, model, kind or "corrected"):
+                tried[kind] = validate(model)
+        kind = max(kinds, key=lambda k: tried[k][settings.metric])
+        metrics, score = tried[kind], tried[kind][settings.metric]
+        if score > result.best_metric:
+            result.best_metric, result.best_epoch, result.average, stale = score, epoch, kind, 0
+            with averaged(stepper.ema, model, kind or "corrected"):
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
+        else:
+            stale += 1
+        if kind is not None:
+            row["average"] = kind
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         bar.set_postfix(loss=f"{row['loss']:.4f}", **{settings.metric: f"{score:.4f}"})
         log.info("epoch %d loss %.4f valid %s %.4f", epoch, row["loss"], settings.metric, score)
@@ -109,7 +125,8 @@ def train_model(
     if validate is not None:
         model.load_state_dict(best_state)
     elif stepper.ema is not None:
-        stepper.ema.copy_to(model)
+        stepper.ema.copy_to(model, average)
+        result.average = average
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             module.sparse = False  # serving and export never need sparse gradients
@@ -127,6 +144,8 @@ class Stepper:
     def __init__(self, model: TwoTower, settings: TrainSettings):
         self.model = model
         self.optimisers, sparse = make_optimisers(model, settings)
+        named = dict(model.named_parameters())
+        self.sparse = [named[name] for name in sorted(sparse)]
         self.ema = (
             WeightAverage(model, settings.ema_decay, sparse) if settings.ema_decay > 0 else None
         )
@@ -136,6 +155,9 @@ class Stepper:
         for optimiser in self.optimisers:
             optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        for param in self.sparse:  # once, for the average and the optimiser
+            if param.grad is not None:
+                param.grad = param.grad.coalesce()
         if self.ema is not None:
             self.ema.before_step(self.model)
         for optimiser in self.optimisers:
@@ -148,7 +170,8 @@ class Stepper:
 def make_optimisers(
     model: TwoTower, settings: TrainSettings
 ) -> tuple[list[torch.optim.Optimizer], set[str]]:
-    """Adam for dense parameters (fused); SparseAdam for tables of ``sparse_rows`` rows or more.
+    """Adam for dense parameters (fused); lazy Adam (RowAdam) for tables of ``sparse_rows`` rows
+    or more.
 
     A dense Adam step touches every row of a million-row table; with sparse gradients only the
     rows a batch used are updated (lazy Adam), which is what makes big catalogues trainable.
@@ -166,5 +189,5 @@ def make_optimisers(
         torch.optim.Adam(dense, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
     ]
     if sparse:
-        out.append(torch.optim.SparseAdam([named[n] for n in sorted(sparse)], lr=settings.lr))
+        out.append(RowAdam([named[n] for n in sorted(sparse)], lr=settings.lr))
     return out, sparse

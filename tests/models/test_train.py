@@ -209,30 +209,35 @@ def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
         assert layer.weight.item() == 6.0
 
 
-def test_weight_averaging_validates_and_keeps_the_average_and_trains_the_same_path(
+def test_weight_averaging_validates_both_averages_and_keeps_the_better_one(
     prepared: Prepared,
 ) -> None:
-    def run(decay: float) -> tuple[TrainResult, list[dict[str, Tensor]], dict[str, Tensor]]:
-        scores = iter([0.1, 0.5, 0.3, 0.2])
+    def run(decay: float, scores: list[float]) -> tuple[TrainResult, list, dict[str, Tensor]]:
+        scripted = iter(scores)
         seen: list[dict[str, Tensor]] = []
 
         def validate(model: TwoTower) -> dict[str, float]:
             seen.append(weights(model))
-            return {"recall@10": next(scores)}
+            return {"recall@10": next(scripted)}
 
         model = prepared.model()
         settings = prepared.settings(epochs=4, patience=2, ema_decay=decay)
         result = train_model(model, prepared.inputs, settings, validate, progress=False)
         return result, seen, weights(model)
 
-    runs = {decay: run(decay) for decay in (0.0, 0.9)}
-    (plain, plain_seen, _), (ema, ema_seen, ema_final) = runs[0.0], runs[0.9]
+    plain, plain_seen, _ = run(0.0, [0.1, 0.5, 0.3, 0.2])
+    # Per epoch: from-init, then corrected. Epoch 2's corrected average (0.6) is the best.
+    ema, ema_seen, ema_final = run(0.9, [0.1, 0.2, 0.5, 0.6, 0.3, 0.1, 0.2, 0.2])
     # The average does not steer training: the same batches give the same losses.
     assert [r["loss"] for r in plain.history] == [r["loss"] for r in ema.history]
+    assert len(plain_seen) == 4 and len(ema_seen) == 8
     key = "item_tower.mlp.1.weight"
-    assert all(not torch.equal(a[key], b[key]) for a, b in zip(plain_seen, ema_seen, strict=True))
-    assert ema.best_epoch == 2
-    assert all(torch.equal(ema_final[name], ema_seen[1][name]) for name in ema_final)
+    assert not torch.equal(ema_seen[0][key], ema_seen[1][key])  # two different averages
+    assert (ema.best_epoch, ema.best_metric, ema.average) == (2, 0.6, "corrected")
+    averages = [row["average"] for row in ema.history]
+    assert averages == ["corrected", "corrected", "from-init", "from-init"]  # a tie: the first
+    assert all(torch.equal(ema_final[name], ema_seen[3][name]) for name in ema_final)
+    assert plain.average is None and "average" not in plain.history[0]
 
 
 def test_training_without_validation_ends_on_the_average(prepared: Prepared) -> None:
