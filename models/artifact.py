@@ -67,7 +67,7 @@ def save_artifact(artifact: Artifact, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        state = {k: v.detach().contiguous() for k, v in artifact.model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in artifact.model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
         _write_json(
             tmp / "config.json", {"format_version": FORMAT_VERSION, **artifact.config.to_dict()}

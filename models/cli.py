@@ -79,6 +79,8 @@ def _train(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    if not artifact.metrics:  # another rank of a torchrun job: rank 0 reports and saves
+        return 0
     print(f"\n{config.dataset} {args.split} loss={config.train.loss} seed={config.train.seed}")
     print(format_table(artifact.metrics["test"]))
     print(f"artifact: {args.out}")

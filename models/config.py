@@ -18,6 +18,7 @@ from models.two_tower import ModelConfig
 
 SAMPLERS = ("auto", "uniform", "popularity")
 DEVICES = ("auto", "cpu", "cuda")
+SHARDINGS = ("table-wise", "column-wise")  # row-wise needs GPUs and NCCL
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class TrainSettings:
     sparse_rows: int = 100_000  # embedding tables this big train with sparse gradients
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    # Under torchrun (models.distributed): how the id tables are sharded, and the row-wise
+    # Adagrad rate of sharded tables of sparse_rows rows or more (FBGEMM's CPU kernel has no Adam).
+    sharding: str = "table-wise"  # table-wise | column-wise
+    sharded_lr: float = 0.05
     # Full-ranking evaluation (validation and test) scores every user with held-out items up
     # to this many, and a seeded sample of this many beyond it; 0 = every user.
     eval_users: int = 20_000
@@ -73,6 +78,8 @@ class TrainSettings:
             raise ValueError(f"[train] sampler {self.sampler!r} is not one of {SAMPLERS}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"[train] sharding {self.sharding!r} is not one of {SHARDINGS}")
         if self.device not in DEVICES:
             raise ValueError(f"[train] device {self.device!r} is not one of {DEVICES}")
         if self.teacher not in TEACHERS:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models import distributed
 from models.artifact import Artifact, load_artifact, save_artifact, warm_start
 from models.config import TrainConfig
 from models.data import RawDataset, Split, load_dataset, make_split
@@ -120,17 +121,22 @@ def run_training(
         return model_metrics(m, valid_inputs, valid_m, train_m, settings.eval_users, settings.seed)
 
     result = train_model(fitted.model, fitted.inputs, settings, validate, progress=progress)
+    model = result.model
     known = np.concatenate([split.train, split.valid])
     if settings.refit and len(split.valid):
         fitted = fit_on(config, dataset, split, known, init_from)
         refit = replace(settings, epochs=result.best_epoch)
         average = result.average or "corrected"
-        train_model(fitted.model, fitted.inputs, refit, None, progress=progress, average=average)
+        model = train_model(
+            fitted.model, fitted.inputs, refit, None, progress=progress, average=average
+        ).model
+    info = data_info(config, dataset.fingerprint, split, data_dir)
+    if not distributed.is_leader():  # under torchrun, rank 0 evaluates and writes the artifact
+        return Artifact(model, config, fitted.user_spec, fitted.item_spec, info, {}, result.history)
     known_m, test_m = (interactions(fitted.data, r) for r in (known, split.test))
     fit_m = known_m if settings.refit else interactions(fitted.data, split.train)
     board = Scoreboard(fitted.data, split, known, fit_m, test_m, settings.eval_users, settings.seed)
-    results = board.results(fitted.model, fitted.inputs.device)
-    info = data_info(config, dataset.fingerprint, split, data_dir)
+    results = board.results(model, fitted.inputs.device)
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "seed": settings.seed,
@@ -147,7 +153,7 @@ def run_training(
         plot_recall_curve(results, plots / "recall_at_k.png", title=f"{config.dataset} {protocol}")
         plot_training_curve(result.history, plots / "training_curve.png", metric=settings.metric)
         artifact = Artifact(
-            fitted.model,
+            model,
             config,
             fitted.user_spec,
             fitted.item_spec,

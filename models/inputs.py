@@ -48,7 +48,13 @@ class Bag(NamedTuple):
         return Bag(tokens, _offsets(lengths))
 
 
-TowerInputs = dict[str, "Tensor | Bag"]
+class Pooled(NamedTuple):
+    """A feature already embedded (and pooled) elsewhere, e.g. by a sharded table ``[B, D]``."""
+
+    vectors: Tensor
+
+
+TowerInputs = dict[str, "Tensor | Bag | Pooled"]
 
 
 def _offsets(lengths: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from torch import Tensor
 from models import losses
 from models.config import TrainSettings
 from models.evaluate import interaction_matrix
-from models.inputs import Inputs, gather_ranges
+from models.inputs import Inputs, TowerInputs, gather_ranges
 from models.sampling import PopularitySampler, UniformSampler, hard_negatives, in_batch_log_q
 from models.teacher import EaseTeacher
 from models.two_tower import TwoTower
@@ -123,6 +123,13 @@ class TwoTowerTrainTask:
             train = interaction_matrix(entry_users, entry_items, data.n_users, data.n_items)
             self.teacher = EaseTeacher(train, settings.teacher_reg, settings.teacher_temperature)
 
+    def user_vectors(self, inputs: TowerInputs) -> Tensor:
+        """The user tower on a batch's inputs (a sharded run embeds its id tables first)."""
+        return self.model.user_vectors(inputs)
+
+    def item_vectors(self, inputs: TowerInputs) -> Tensor:
+        return self.model.item_vectors(inputs)
+
     def loss(self, entries: np.ndarray | Tensor) -> Tensor:
         """The configured loss of a batch, plus the teacher's term when there is one."""
         entries = torch.as_tensor(entries, dtype=torch.int64).to(self.inputs.device)
@@ -142,10 +149,8 @@ class TwoTowerTrainTask:
         distinct = torch.unique(users)
         probs, known = self.teacher.targets(distinct.cpu().numpy())
         device = self.inputs.device
-        user_vecs = self.model.user_vectors(self.inputs.users(distinct))
-        item_vecs = self.model.item_vectors(
-            self.inputs.items(torch.arange(self.inputs.data.n_items))
-        )
+        user_vecs = self.user_vectors(self.inputs.users(distinct))
+        item_vecs = self.item_vectors(self.inputs.items(torch.arange(self.inputs.data.n_items)))
         return losses.distillation(
             user_vecs,
             item_vecs,
@@ -161,11 +166,11 @@ class TwoTowerTrainTask:
     def task_loss(self, entries: Tensor, users: Tensor) -> Tensor:
         s, model, batch = self.settings, self.model, len(entries)
         pos_rows = self.entry_items[entries]
-        user_vecs = model.user_vectors(self.inputs.users(users, entries))
+        user_vecs = self.user_vectors(self.inputs.users(users, entries))
         temperature = model.config.temperature
         if s.loss != "listwise":
             neg_rows, _ = self._sample(batch * s.num_negatives)
-            item_vecs = model.item_vectors(self.inputs.items(torch.cat([pos_rows, neg_rows])))
+            item_vecs = self.item_vectors(self.inputs.items(torch.cat([pos_rows, neg_rows])))
             pos_vecs = item_vecs[:batch]
             neg_vecs = item_vecs[batch:].view(batch, s.num_negatives, -1)
             if s.loss == "pointwise":
@@ -183,7 +188,7 @@ class TwoTowerTrainTask:
             kwargs["neg_item_rows"] = neg_rows
             kwargs["neg_log_q"] = s.log_q_weight * neg_log_q if s.log_q else None
         # One item-tower pass for the positives and the shared negatives.
-        item_vecs = model.item_vectors(self.inputs.items(columns))
+        item_vecs = self.item_vectors(self.inputs.items(columns))
         pos_vecs = item_vecs[:batch]
         if s.sampled_negatives:
             kwargs["neg_vectors"] = item_vecs[batch:]
@@ -197,7 +202,7 @@ class TwoTowerTrainTask:
                 s.hard_skip_top,
                 self.generator,
             ).to(self.inputs.device)
-            hard_vecs = model.item_vectors(self.inputs.items(hard.reshape(-1)))
+            hard_vecs = self.item_vectors(self.inputs.items(hard.reshape(-1)))
             kwargs["hard_vectors"] = hard_vecs.view(batch, s.hard_negatives, -1)
             kwargs["hard_item_rows"] = hard
         mask = None

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.features import UNKNOWN, FeatureSpec
-from models.inputs import POOLED, Bag, TowerInputs, gather_ranges
+from models.inputs import POOLED, Bag, Pooled, TowerInputs, gather_ranges
 
 
 def pool(bag: Bag, weight: Tensor, sparse: bool = False) -> Tensor:
@@ -181,6 +181,9 @@ class Tower(nn.Module):
         parts = []
         for feature in self.spec.features:
             value = inputs[feature.name]
+            if isinstance(value, Pooled):  # embedded by a sharded table (models.distributed)
+                parts.append(value.vectors)
+                continue
             if feature.kind == "numeric":
                 assert isinstance(value, Tensor)
                 parts.append(value.float())

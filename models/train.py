@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from models import distributed
 from models.averaging import AVERAGES, WeightAverage, averaged
 from models.config import TrainSettings
 from models.inputs import Inputs
@@ -70,6 +71,10 @@ def train_model(
     With ``validate=None`` it trains exactly ``settings.epochs`` epochs and keeps the last
     epoch's ``average``.
     """
+    if distributed.active():  # under torchrun: id tables sharded over the ranks
+        return distributed.train_sharded(
+            model, inputs, settings, validate, progress, TrainResult(model)
+        )
     torch.manual_seed(settings.seed)
     model.reseed(settings.seed)
     rng = np.random.default_rng(settings.seed)
