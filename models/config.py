@@ -50,6 +50,7 @@ class TrainSettings:
     # > 0: early stopping validates, and the run keeps, an exponential moving average of the
     # weights (see models.train.WeightAverage) instead of the last optimiser step's weights.
     ema_decay: float = 0.0
+    ema_start_share: float = 0.1  # the most the initial weights weigh in the average
     # Distillation (models.teacher): add teacher_weight * cross-entropy against the teacher's
     # softmax over the catalogue to the loss. "ease" needs a catalogue EASE can invert (20k
     # items); "none" = off.

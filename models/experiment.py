@@ -126,10 +126,7 @@ def run_training(
     if settings.refit and len(split.valid):
         fitted = fit_on(config, dataset, split, known, init_from)
         refit = replace(settings, epochs=result.best_epoch)
-        average = result.average or "corrected"
-        model = train_model(
-            fitted.model, fitted.inputs, refit, None, progress=progress, average=average
-        ).model
+        model = train_model(fitted.model, fitted.inputs, refit, None, progress=progress).model
     info = data_info(config, dataset.fingerprint, split, data_dir)
     if not distributed.is_leader():  # under torchrun, rank 0 evaluates and writes the artifact
         return Artifact(model, config, fitted.user_spec, fitted.item_spec, info, {}, result.history)
@@ -142,7 +139,6 @@ def run_training(
         "seed": settings.seed,
         "loss": settings.loss,
         "best_epoch": result.best_epoch,
-        "average": result.average,
         "refit": bool(settings.refit and len(split.valid)),
         "valid": {settings.metric: result.best_metric},
         "test": results,

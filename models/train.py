@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from models import distributed
-from models.averaging import AVERAGES, WeightAverage, averaged
+from models.averaging import WeightAverage, averaged
 from models.config import TrainSettings
 from models.inputs import Inputs
 from models.optim import RowAdam
@@ -53,7 +53,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_metric: float = -math.inf
-    average: str | None = None  # which weight average was kept (None: the live weights)
 
 
 def train_model(
@@ -62,14 +61,11 @@ def train_model(
     settings: TrainSettings,
     validate: Callable[[TwoTower], dict[str, float]] | None,
     progress: bool = True,
-    average: str = "corrected",
 ) -> TrainResult:
     """Train with early stopping on ``validate(model)[settings.metric]``; returns the best model.
 
-    With a weight average (``ema_decay`` > 0) each epoch validates both averages
-    (``models.averaging.AVERAGES``) and the better one counts; the result says which was kept.
-    With ``validate=None`` it trains exactly ``settings.epochs`` epochs and keeps the last
-    epoch's ``average``.
+    With a weight average (``ema_decay`` > 0) the average is validated and kept. With
+    ``validate=None`` it trains exactly ``settings.epochs`` epochs and keeps the last.
     """
     if distributed.active():  # under torchrun: id tables sharded over the ranks
         return distributed.train_sharded(
@@ -106,22 +102,14 @@ def train_model(
             result.best_epoch = epoch
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             continue
-        # What is validated (and kept) is what would ship: each average, or the live weights.
-        kinds: tuple[str | None, ...] = AVERAGES if stepper.ema is not None else (None,)
-        tried = {}
-        for kind in kinds:
-            with averaged(stepper.ema, model, kind or "corrected"):
-                tried[kind] = validate(model)
-        kind = max(kinds, key=lambda k: tried[k][settings.metric])
-        metrics, score = tried[kind], tried[kind][settings.metric]
-        if score > result.best_metric:
-            result.best_metric, result.best_epoch, result.average, stale = score, epoch, kind, 0
-            with averaged(stepper.ema, model, kind or "corrected"):
+        with averaged(stepper.ema, model):  # what is validated (and kept) is what would ship
+            metrics = validate(model)
+            score = metrics[settings.metric]
+            if score > result.best_metric:
+                result.best_metric, result.best_epoch, stale = score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        if kind is not None:
-            row["average"] = kind
+            else:
+                stale += 1
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         bar.set_postfix(loss=f"{row['loss']:.4f}", **{settings.metric: f"{score:.4f}"})
         log.info("epoch %d loss %.4f valid %s %.4f", epoch, row["loss"], settings.metric, score)
@@ -130,8 +118,7 @@ def train_model(
     if validate is not None:
         model.load_state_dict(best_state)
     elif stepper.ema is not None:
-        stepper.ema.copy_to(model, average)
-        result.average = average
+        stepper.ema.copy_to(model)
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             module.sparse = False  # serving and export never need sparse gradients
@@ -152,7 +139,9 @@ class Stepper:
         named = dict(model.named_parameters())
         self.sparse = [named[name] for name in sorted(sparse)]
         self.ema = (
-            WeightAverage(model, settings.ema_decay, sparse) if settings.ema_decay > 0 else None
+            WeightAverage(model, settings.ema_decay, sparse, settings.ema_start_share)
+            if settings.ema_decay > 0
+            else None
         )
 
     def step(self, loss: Tensor) -> Tensor:

@@ -135,25 +135,39 @@ def set_weight(layer: torch.nn.Linear, value: float) -> None:
         layer.weight.fill_(value)
 
 
-def test_weight_average_is_the_bias_corrected_average_of_the_steps() -> None:
-    layer = one_weight(1.0)  # the initial weight never enters the average
-    ema = WeightAverage(layer, decay=0.75)
+def test_weight_average_caps_the_share_of_the_initial_weights() -> None:
+    layer = one_weight(1.0)
+    ema = WeightAverage(layer, decay=0.75, start_share=0.1)
     assert ema.averaged(layer)["weight"].item() == 1.0  # no step yet: the live weights
     set_weight(layer, 3.0)
     ema.update(layer)
-    # m1 = 0.25 * 3; corrected by 1 - 0.75: exactly the one step's weights.
-    assert ema.averaged(layer)["weight"].item() == pytest.approx(3.0)
+    # m1 = 0.25 * 3; the start would keep 0.75 of a classic EMA, capped at 0.1:
+    # 0.9 * m1 / (1 - 0.75) + 0.1 * 1 = 2.8.
+    assert ema.averaged(layer)["weight"].item() == pytest.approx(2.8)
     set_weight(layer, 5.0)
     ema.update(layer)
-    # m2 = 0.75 * 0.75 + 0.25 * 5 = 1.8125; / (1 - 0.75^2) = 0.4375 -> 4.142857...
-    assert ema.averaged(layer)["weight"].item() == pytest.approx(1.8125 / 0.4375)
-    for _ in range(60):  # the older steps' share vanishes
+    # m2 = 0.75 * 0.75 + 0.25 * 5 = 1.8125; 0.9 * 1.8125 / 0.4375 + 0.1.
+    assert ema.averaged(layer)["weight"].item() == pytest.approx(0.9 * 1.8125 / 0.4375 + 0.1)
+    for _ in range(8):  # 0.75^10 < 0.1: the classic EMA from the start, m + 0.75^10 * 1
         ema.update(layer)
-    assert ema.averaged(layer)["weight"].item() == pytest.approx(5.0)
+    m = 0.75**8 * 1.8125 + (1 - 0.75**8) * 5.0
+    assert ema.averaged(layer)["weight"].item() == pytest.approx(m + 0.75**10)
     assert layer.weight.item() == 5.0  # the model's own weights are never touched
     for bad in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match="ema_decay"):
             WeightAverage(layer, decay=bad)
+    with pytest.raises(ValueError, match="ema_start_share"):
+        WeightAverage(layer, decay=0.5, start_share=1.5)
+
+
+def test_start_share_one_is_the_classic_average_and_zero_the_bias_corrected_one() -> None:
+    layers = {share: one_weight(1.0) for share in (1.0, 0.0)}
+    emas = {share: WeightAverage(layer, 0.75, start_share=share) for share, layer in layers.items()}
+    for share, layer in layers.items():
+        set_weight(layer, 3.0)
+        emas[share].update(layer)
+    assert emas[1.0].averaged(layers[1.0])["weight"].item() == pytest.approx(0.75 + 0.25 * 3)
+    assert emas[0.0].averaged(layers[0.0])["weight"].item() == pytest.approx(3.0)
 
 
 def test_lazy_average_of_a_sparse_table_equals_the_every_step_average() -> None:
@@ -189,7 +203,11 @@ def test_lazy_average_of_a_sparse_table_equals_the_every_step_average() -> None:
         optimiser.step()
         steps += 1
         shadow = decay * shadow + (1 - decay) * table.weight.detach()
-    torch.testing.assert_close(lazy, shadow / (1 - decay**steps))
+    share = min(decay**steps, 0.1)
+    torch.manual_seed(0)  # the same seed: the same initial weights
+    start = torch.nn.Embedding(6, 3, sparse=True).weight.detach()
+    expected = (1 - share) * shadow / (1 - decay**steps) + share * start
+    torch.testing.assert_close(lazy, expected)
 
 
 def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
@@ -200,7 +218,8 @@ def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
     set_weight(layer, 6.0)
     ema.update(layer)
     average = ema.averaged(layer)["weight"].item()
-    assert average == pytest.approx((0.9 * 0.4 + 0.6) / (1 - 0.81))
+    # m2 = 0.9 * 0.4 + 0.1 * 6 = 0.96; the start's share capped at 0.1 (of 0.81).
+    assert average == pytest.approx(0.9 * 0.96 / (1 - 0.81) + 0.1 * 2.0)
     with pytest.raises(RuntimeError, match="inside"), averaged(ema, layer):
         assert layer.weight.item() == pytest.approx(average)
         raise RuntimeError("inside")
@@ -209,35 +228,30 @@ def test_averaged_weights_are_in_place_only_inside_the_block() -> None:
         assert layer.weight.item() == 6.0
 
 
-def test_weight_averaging_validates_both_averages_and_keeps_the_better_one(
+def test_weight_averaging_validates_and_keeps_the_average_and_trains_the_same_path(
     prepared: Prepared,
 ) -> None:
-    def run(decay: float, scores: list[float]) -> tuple[TrainResult, list, dict[str, Tensor]]:
-        scripted = iter(scores)
+    def run(decay: float) -> tuple[TrainResult, list[dict[str, Tensor]], dict[str, Tensor]]:
+        scores = iter([0.1, 0.5, 0.3, 0.2])
         seen: list[dict[str, Tensor]] = []
 
         def validate(model: TwoTower) -> dict[str, float]:
             seen.append(weights(model))
-            return {"recall@10": next(scripted)}
+            return {"recall@10": next(scores)}
 
         model = prepared.model()
         settings = prepared.settings(epochs=4, patience=2, ema_decay=decay)
         result = train_model(model, prepared.inputs, settings, validate, progress=False)
         return result, seen, weights(model)
 
-    plain, plain_seen, _ = run(0.0, [0.1, 0.5, 0.3, 0.2])
-    # Per epoch: from-init, then corrected. Epoch 2's corrected average (0.6) is the best.
-    ema, ema_seen, ema_final = run(0.9, [0.1, 0.2, 0.5, 0.6, 0.3, 0.1, 0.2, 0.2])
+    runs = {decay: run(decay) for decay in (0.0, 0.9)}
+    (plain, plain_seen, _), (ema, ema_seen, ema_final) = runs[0.0], runs[0.9]
     # The average does not steer training: the same batches give the same losses.
     assert [r["loss"] for r in plain.history] == [r["loss"] for r in ema.history]
-    assert len(plain_seen) == 4 and len(ema_seen) == 8
     key = "item_tower.mlp.1.weight"
-    assert not torch.equal(ema_seen[0][key], ema_seen[1][key])  # two different averages
-    assert (ema.best_epoch, ema.best_metric, ema.average) == (2, 0.6, "corrected")
-    averages = [row["average"] for row in ema.history]
-    assert averages == ["corrected", "corrected", "from-init", "from-init"]  # a tie: the first
-    assert all(torch.equal(ema_final[name], ema_seen[3][name]) for name in ema_final)
-    assert plain.average is None and "average" not in plain.history[0]
+    assert all(not torch.equal(a[key], b[key]) for a, b in zip(plain_seen, ema_seen, strict=True))
+    assert ema.best_epoch == 2
+    assert all(torch.equal(ema_final[name], ema_seen[1][name]) for name in ema_final)
 
 
 def test_training_without_validation_ends_on_the_average(prepared: Prepared) -> None:
