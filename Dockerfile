@@ -18,7 +18,11 @@ COPY index_builder ./index_builder
 COPY service ./service
 COPY recall ./recall
 COPY configs ./configs
-RUN pip install --no-cache-dir . \
+# The project and its extra are pinned in pyproject.toml; TorchRec asks for the CUDA fbgemm-gpu,
+# so it and the CPU FBGEMM go in without dependencies.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir '.[distributed]' \
+    && pip install --no-cache-dir --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 \
     && groupadd --gid 10001 recall \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin recall \
     && mkdir -p /app/data /app/artifacts /app/snapshots \

@@ -13,6 +13,7 @@ LOSS ?= listwise
 SEED ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 8000
+TORCHREC := 1.8.0
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data train index serve run test test-fast lint docker-lint clean
@@ -25,7 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,distributed]'
+	@# TorchRec's wheel asks for the CUDA fbgemm-gpu: it and the CPU FBGEMM go in without deps
+	$(PY) -m pip install --quiet --no-deps torchrec==$(TORCHREC) fbgemm-gpu-cpu==$(TORCHREC)
+	$(PY) -c "import torch, torchrec, fbgemm_gpu; assert torch.__version__.startswith('2.13.0')"
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv and install the project with its pinned dependencies
