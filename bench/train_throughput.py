@@ -235,6 +235,49 @@ def old_loop(
     return {int(k): v for k, v in json.loads(line.removeprefix("RESULT ")).items()}
 
 
+def sharded_worker(name: str, batch: int, steps: int, repeats: int) -> None:
+    """Under torchrun: time ``ShardedTraining.step`` on global batches; rank 0 prints it."""
+    import torch.distributed as dist
+
+    from models.distributed import ShardedTraining
+
+    torch.set_num_threads(1)
+    config, _, inputs, specs = prepare(name)
+    settings = dataclasses.replace(config.train, batch_size=batch)
+    run = ShardedTraining(TwoTower(config.model, *specs), inputs, settings)
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(inputs.histories.items)))
+    position = [0]
+
+    def step() -> None:
+        position[0] += 1
+        start = (position[0] * batch) % (len(order) - batch)
+        run.step(order[start : start + batch])
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append((time.perf_counter() - started) / steps)
+    if run.rank == 0:
+        print("RESULT " + json.dumps({"seconds": statistics.median(times), "world": run.size}))
+    dist.destroy_process_group()
+
+
+def sharded(name: str, processes: int, batch: int, steps: int, repeats: int) -> float:
+    """Seconds per global step of ``processes`` ranks under torchrun (one thread each)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}", __file__, "--sharded-worker", name,
+               "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats)]  # fmt: skip
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True, cwd=ROOT)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return float(json.loads(line.removeprefix("RESULT "))["seconds"])
+
+
 def row(name: str, run: tuple, seconds: float, vs_old: str, vs_floor: str) -> str:
     device, threads, loss, batch = run
     return (f"| {name} | {device} | {threads or '-'} | {loss} | {batch} | {batch / seconds:,.0f} | "
@@ -248,7 +291,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline-commit", default="2fb70dc")
     parser.add_argument("--skip-baseline", action="store_true", help="no old-loop rows")
+    parser.add_argument("--sharded-worker", help=argparse.SUPPRESS)  # a torchrun rank
+    parser.add_argument("--batch", type=int, default=512, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sharded_worker:
+        sharded_worker(args.sharded_worker, args.batch, args.steps, args.repeats)
+        return
     print("| dataset | device | threads | loop | batch | examples/s | ms/step | vs old | x floor |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
@@ -280,6 +328,12 @@ def main() -> None:
             vs_old = f"{old[batch] / seconds:.2f}" if run in OLD_ROWS and batch in old else "-"
             vs_floor = f"{seconds / floors[batch]:.2f}" if run[0] == "cpu" else "-"
             print(row(name, run, seconds, vs_old, vs_floor), flush=True)
+        one = None
+        for processes in (1, 2):  # torchrun, TorchRec-sharded id tables, one thread a rank
+            seconds = sharded(name, processes, 512, args.steps, args.repeats)
+            one = one or seconds
+            run = ("cpu", 1, f"torchrun x{processes} (sharded), vs x1", 512)
+            print(row(name, run, seconds, f"{one / seconds:.2f}", "-"), flush=True)
         for batch, seconds in sorted(floors.items()):
             run = ("cpu", 1, "floor: its matrix products alone", batch)
             print(row(name, run, seconds, "-", "1.00"), flush=True)

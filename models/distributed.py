@@ -231,8 +231,36 @@ def gather(sharded: nn.Module, module: ShardedTwoTower, device: torch.device) ->
     return model.to(device)
 
 
-def _share(order: Tensor, start: int, batch: int, rank: int, size: int) -> Tensor:
-    return order[start : start + batch][rank::size]
+class ShardedTraining:
+    """One rank's part of a sharded run: the sharded model, its optimiser, one step at a time.
+
+    ``train_sharded`` and ``bench/train_throughput.py`` both step through this class.
+    """
+
+    def __init__(self, model: TwoTower, inputs: Inputs, settings: TrainSettings):
+        self.device, self.settings = inputs.device, settings
+        self.rank, self.size = world(self.device)
+        torch.manual_seed(settings.seed)
+        model.reseed(settings.seed + 1000 * self.rank)  # per-rank dropout streams
+        self.module = ShardedTwoTower(model.to(self.device))
+        seed = settings.seed + 1000 * self.rank  # per-rank negatives
+        self.module.task = ShardedTrainTask(self.module, inputs, settings, seed)
+        self.sharded = shard(self.module, settings, self.device)
+        from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+        dense = [p for _, p in in_backward_optimizer_filter(self.sharded.named_parameters())]
+        self.optimiser = torch.optim.Adam(dense, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    def step(self, batch: Tensor) -> Tensor:
+        """One optimiser step on this rank's share (``rank::size``) of a global batch."""
+        loss = self.sharded(batch[self.rank :: self.size])
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # the fused tables update themselves here
+        self.optimiser.step()
+        return loss.detach()
+
+    def gather(self) -> TwoTower | None:
+        return gather(self.sharded, self.module, self.device)
 
 
 def train_sharded(
@@ -244,44 +272,29 @@ def train_sharded(
     result: Any,
 ) -> Any:
     """``train_model``'s contract on N processes; ``result.model`` is rank 0's whole model."""
-    device = inputs.device
-    rank, size = world(device)
+    run = ShardedTraining(model, inputs, settings)
+    rank, size = run.rank, run.size
     if settings.ema_decay > 0 and rank == 0:
         log.info("sharded training keeps the live weights: no weight average under torchrun")
-    torch.manual_seed(settings.seed)
-    model.reseed(settings.seed + 1000 * rank)  # per-rank dropout streams
-    module = ShardedTwoTower(model.to(device))
-    task = ShardedTrainTask(module, inputs, settings, settings.seed + 1000 * rank)
-    module.task = task
-    sharded = shard(module, settings, device)
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    dense = [p for _, p in in_backward_optimizer_filter(sharded.named_parameters())]
-    optimiser = torch.optim.Adam(dense, lr=settings.lr, weight_decay=settings.weight_decay)
     rng = np.random.default_rng(settings.seed)
-    n = len(inputs.histories.items)
+    n, batch = len(inputs.histories.items), settings.batch_size
     # Every rank takes every step (the collectives pair them up): a last partial batch only when
     # it leaves each rank an entry.
-    steps = n // settings.batch_size + (n % settings.batch_size >= size)
+    steps = n // batch + (n % batch >= size)
     best_state, stale, whole = None, 0, None
     desc = f"train {settings.loss} x{size}"
     bar = tqdm(range(1, settings.epochs + 1), desc=desc, disable=not progress or rank != 0)
     for epoch in bar:
-        sharded.train()
+        run.sharded.train()
         order = torch.from_numpy(rng.permutation(n))
         total = torch.zeros(2)
         for step in range(steps):
-            loss = sharded(
-                _share(order, step * settings.batch_size, settings.batch_size, rank, size)
-            )
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += torch.tensor([float(loss.detach()), 1.0])
+            loss = run.step(order[step * batch : (step + 1) * batch])
+            total += torch.tensor([float(loss), 1.0])
         dist.all_reduce(total)
         row: dict[str, Any] = {"epoch": float(epoch), "loss": float(total[0] / total[1])}
         result.history.append(row)
-        whole = gather(sharded, module, device)
+        whole = run.gather()
         if validate is None:
             result.best_epoch = epoch
             continue
