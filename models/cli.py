@@ -39,6 +39,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--teacher", choices=["none", "ease"], help="distillation teacher (overrides the config)"
     )
+    train.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the config's)"
+    )
+    train.add_argument(
+        "--eval-users",
+        type=int,
+        help="users scored by validation and test (0 = all; a sample past it)",
+    )
     train.add_argument("--out", type=Path, required=True, help="artifact folder to write")
     train.add_argument("--data-dir", type=Path, help="overrides the config's dataset dir")
     train.add_argument("--init-from", type=Path, help="warm-start from an earlier artifact")
@@ -69,8 +77,20 @@ def _train(args: argparse.Namespace) -> int:
     config = (
         load_config(args.config)
         .for_split(args.split)
-        .with_train(loss=args.loss, seed=args.seed, epochs=args.epochs, teacher=args.teacher)
+        .with_train(
+            loss=args.loss,
+            seed=args.seed,
+            epochs=args.epochs,
+            teacher=args.teacher,
+            device=args.device,
+            eval_users=args.eval_users,
+        )
     )
+    try:
+        config.train.torch_device()
+    except ValueError as exc:
+        print(f"recall train: {exc}", file=sys.stderr)
+        return 2
     artifact = run_training(
         config,
         args.split,

@@ -79,6 +79,18 @@ class TrainSettings:
             raise ValueError(f"[train] sampler {self.sampler!r} is not one of {SAMPLERS}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.eval_users < 0:
+            raise ValueError(
+                f"[train] eval_users must be >= 0 (0 = every user), got {self.eval_users}"
+            )
+        if not (math.isfinite(self.sharded_lr) and self.sharded_lr > 0):
+            raise ValueError(
+                f"[train] sharded_lr must be a finite number > 0, got {self.sharded_lr}"
+            )
+        if not 0.0 <= self.ema_start_share <= 1.0:
+            raise ValueError(
+                f"[train] ema_start_share must be in [0, 1], got {self.ema_start_share}"
+            )
         if self.sharding not in SHARDINGS:
             raise ValueError(f"[train] sharding {self.sharding!r} is not one of {SHARDINGS}")
         if self.device not in DEVICES:

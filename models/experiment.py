@@ -182,11 +182,20 @@ def data_info(config: TrainConfig, data_fp: str, split: Split, data_dir: Path) -
 def format_table(
     rows: dict[str, dict[str, float]], metrics: tuple[str, ...] = TABLE_METRICS
 ) -> str:
-    """A plain-text table: one row per method, one column per metric."""
+    """A plain-text table: one row per method, one column per metric, then the users scored
+    (``n of N`` when a sample of them was)."""
     width = max(len(name) for name in rows) + 2
     head = "method".ljust(width) + "".join(m.rjust(12) for m in metrics)
+    sampled = any(v.get("users", 0) < v.get("users_total", 0) for v in rows.values())
+    if any("users" in v for v in rows.values()):
+        head += "users".rjust(18 if sampled else 8)
     lines = [head, "-" * len(head)]
     for name, values in rows.items():
         cells = "".join((f"{values[m]:.4f}" if m in values else "-").rjust(12) for m in metrics)
+        if "users" in values:
+            users = f"{values['users']:.0f}"
+            if sampled:
+                users += f" of {values.get('users_total', values['users']):.0f}"
+            cells += users.rjust(18 if sampled else 8)
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)

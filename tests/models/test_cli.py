@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from recall.cli import main
 
@@ -106,4 +107,27 @@ def test_train_rejects_an_unknown_loss_before_doing_any_work(tmp_path: Path) -> 
     )
     assert done.returncode == 2
     assert "invalid choice: 'softmax'" in done.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_train_scores_a_user_sample_and_prints_its_size(
+    tmp_path: Path, tiny_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = train_tiny(tmp_path, tiny_data_dir, "--eval-users", "10", "--device", "cpu")
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert (saved["eval_users"], saved["device"]) == (10, "cpu")
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert all(m["users"] == 10 < m["users_total"] for m in test.values())
+    printed = capsys.readouterr().out
+    assert f"10 of {test['two-tower']['users_total']:.0f}" in printed
+
+
+def test_train_refuses_cuda_without_a_gpu(tmp_path: Path, tiny_data_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    config = tiny_toml(tmp_path, tiny_data_dir)
+    done = run("train", "--config", str(config), "--data-dir", str(tiny_data_dir),
+               "--out", str(tmp_path / "a"), "--device", "cuda")  # fmt: skip
+    assert done.returncode == 2
+    assert "device = 'cuda' but torch sees no GPU" in done.stderr
     assert not (tmp_path / "a").exists()
