@@ -103,5 +103,12 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(f"\n{config.dataset} {args.split} loss={config.train.loss} seed={config.train.seed}")
     print(format_table(artifact.metrics["test"]))
+    seconds = artifact.metrics["seconds"]
+    training = seconds["search"] + seconds.get("refit", 0.0)
+    print(
+        f"training {training:.0f} s ({artifact.metrics['best_epoch']} epochs kept; search "
+        f"{seconds['search']:.0f} s, refit {seconds.get('refit', 0):.0f} s), "
+        f"evaluation {seconds['evaluation']:.0f} s"
+    )
     print(f"artifact: {args.out}")
     return 0

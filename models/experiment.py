@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -120,20 +121,26 @@ def run_training(
     def validate(m: TwoTower) -> dict[str, float]:
         return model_metrics(m, valid_inputs, valid_m, train_m, settings.eval_users, settings.seed)
 
+    started = time.perf_counter()
     result = train_model(fitted.model, fitted.inputs, settings, validate, progress=progress)
     model = result.model
+    seconds = {"search": time.perf_counter() - started}
     known = np.concatenate([split.train, split.valid])
     if settings.refit and len(split.valid):
         fitted = fit_on(config, dataset, split, known, init_from)
         refit = replace(settings, epochs=result.best_epoch)
+        started = time.perf_counter()
         model = train_model(fitted.model, fitted.inputs, refit, None, progress=progress).model
+        seconds["refit"] = time.perf_counter() - started
     info = data_info(config, dataset.fingerprint, split, data_dir)
     if not distributed.is_leader():  # under torchrun, rank 0 evaluates and writes the artifact
         return Artifact(model, config, fitted.user_spec, fitted.item_spec, info, {}, result.history)
+    started = time.perf_counter()
     known_m, test_m = (interactions(fitted.data, r) for r in (known, split.test))
     fit_m = known_m if settings.refit else interactions(fitted.data, split.train)
     board = Scoreboard(fitted.data, split, known, fit_m, test_m, settings.eval_users, settings.seed)
     results = board.results(model, fitted.inputs.device)
+    seconds["evaluation"] = time.perf_counter() - started
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "seed": settings.seed,
@@ -143,6 +150,7 @@ def run_training(
         "valid": {settings.metric: result.best_metric},
         "test": results,
         "skipped_baselines": board.skipped,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
     with tempfile.TemporaryDirectory() as tmp:
         plots = Path(tmp)
