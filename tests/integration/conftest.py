@@ -3,16 +3,19 @@ and the shared tiny snapshots."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -36,6 +39,35 @@ def wait_until(check: object, timeout_s: float = 30.0, what: str = "condition") 
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def recall_serve(snapshots: Path, folder: Path, **env: str) -> Iterator[str]:
+    """Base URL of `recall serve` over ``snapshots`` on a free port, with ``env`` as its
+    RECALL_* settings; stopped afterwards (its log is ``folder/server.log``)."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
+    environ.update(env)
+    log = (folder / "server.log").open("wb")
+    command = [sys.executable, "-m", "recall", "serve", "--snapshots", str(snapshots),
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, env=environ, cwd=folder, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, (folder / "server.log").read_text()
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ready, 120, "the server to be ready")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,6 @@ only), so a history window cut before dropping unknown tokens would differ from 
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,7 @@ from models.features import UNKNOWN
 from models.inputs import Inputs
 from models.synth import write_synthetic
 from models.train import user_vectors
-from tests.integration.conftest import REDIS_URL, free_port, wait_until
+from tests.integration.conftest import REDIS_URL, recall_serve
 from tests.models.conftest import ML100K_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -97,30 +94,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 @pytest.fixture
 def served(world: World, key_prefix: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
-    env.update(RECALL_REDIS_URL=REDIS_URL, RECALL_CACHE__KEY_PREFIX=key_prefix,
-               RECALL_CACHE__WRITE_BEHIND="false", RECALL_CACHE__LOCAL_MAX_ENTRIES="0")  # fmt: skip
-    log = (tmp_path / "server.log").open("wb")
-    command = [sys.executable, "-m", "recall", "serve", "--snapshots", str(world.snapshots),
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, (tmp_path / "server.log").read_text()
-        try:
-            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 120, "the server to be ready")
+    env = {
+        "RECALL_REDIS_URL": REDIS_URL,
+        "RECALL_CACHE__KEY_PREFIX": key_prefix,
+        "RECALL_CACHE__WRITE_BEHIND": "false",  # in Redis before the answer
+        "RECALL_CACHE__LOCAL_MAX_ENTRIES": "0",
+    }
+    with recall_serve(world.snapshots, tmp_path, **env) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 def test_served_user_vectors_equal_the_offline_ones(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import REDIS_URL, free_port, wait_until
+from tests.integration.conftest import REDIS_URL, recall_serve
 from tests.service.fixtures import ADMIN_TOKEN
 
 pytestmark = pytest.mark.slow
@@ -20,35 +17,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def server(snapshots: tuple[Path, list[str]], key_prefix: str, tmp_path: Path) -> Iterator[str]:
-    """Base URL of `recall serve` on a free port; stopped (and its log shown) afterwards."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
-    env.update(
-        RECALL_ADMIN_TOKEN=ADMIN_TOKEN,
-        RECALL_REDIS_URL=REDIS_URL,
-        RECALL_CACHE__KEY_PREFIX=key_prefix,
-        RECALL_LOG_LEVEL="INFO",
-    )
-    log = (tmp_path / "server.log").open("wb")
-    command = [sys.executable, "-m", "recall", "serve", "--snapshots", str(snapshots[0]),
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, (tmp_path / "server.log").read_text()
-        try:
-            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(ready, 120, "the server to be ready")
+    """Base URL of `recall serve` on a free port; stopped afterwards."""
+    env = {"RECALL_ADMIN_TOKEN": ADMIN_TOKEN, "RECALL_REDIS_URL": REDIS_URL,
+           "RECALL_CACHE__KEY_PREFIX": key_prefix, "RECALL_LOG_LEVEL": "INFO"}  # fmt: skip
+    with recall_serve(snapshots[0], tmp_path, **env) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 def test_recall_for_a_known_user_over_http(server: str, snapshots: tuple[Path, list[str]]) -> None:
