@@ -56,34 +56,36 @@ class ItemKNN:
 
 
 def _cosine_top_k(rows: sp.csr_matrix, k: int, shrink: float, block_size: int) -> sp.csc_matrix:
-    """Sparse [n_items, n_items] cosine similarity keeping the top k rows of every column."""
+    """Sparse [n_items, n_items] cosine similarity keeping the top k rows of every column.
+
+    Column j holds target item j's neighbours; blocks of targets come out in column order, so
+    the CSC arrays are assembled directly (int32 rows, float32 values: 8 bytes a neighbour).
+    """
     n_items = rows.shape[1]
     columns = rows.tocsc()
     norms = np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0), dtype=np.float64).ravel())
-    neighbours, targets, values = [], [], []
+    neighbours, values, counts = [], [], np.zeros(n_items, dtype=np.int64)
     for start in range(0, n_items, block_size):
         stop = min(start + block_size, n_items)
         # Row t of the block: co-occurrence counts of target item start + t with every item.
         block = (columns[:, start:stop].T @ rows).tocsr()
-        block.sort_indices()
         target = np.repeat(np.arange(start, stop), np.diff(block.indptr))
         neighbour = block.indices.astype(np.int64)
         value = block.data.astype(np.float64) / (norms[target] * norms[neighbour] + shrink)
         useful = (neighbour != target) & (value > 0)  # an item is not its own neighbour
         target, neighbour, value = target[useful], neighbour[useful], value[useful]
-        order = np.lexsort((-value, target))  # by target, best first
+        order = np.lexsort((neighbour, -value, target))  # by target, best first, then row
         target, neighbour, value = target[order], neighbour[order], value[order]
         first = np.searchsorted(target, target)  # where each target's run starts
         kept = np.arange(len(target)) - first < k
-        targets.append(target[kept])
-        neighbours.append(neighbour[kept])
-        values.append(value[kept])
+        target, neighbour, value = target[kept], neighbour[kept], value[kept]
+        by_row = np.lexsort((neighbour, target))  # CSC wants rows sorted within a column
+        neighbours.append(neighbour[by_row].astype(np.int32))
+        values.append(value[by_row].astype(np.float32))
+        counts += np.bincount(target, minlength=n_items)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
     return sp.csc_matrix(
-        (
-            np.concatenate(values).astype(np.float32),
-            (np.concatenate(neighbours), np.concatenate(targets)),
-        ),
-        shape=(n_items, n_items),
+        (np.concatenate(values), np.concatenate(neighbours), indptr), shape=(n_items, n_items)
     )
 
 
