@@ -47,12 +47,18 @@ class ItemKNN:
         self.profile = sp.csr_matrix(profile, dtype=np.float32)
         self.similarity = _cosine_top_k(
             sp.csr_matrix(train, dtype=np.float32), k, shrink, block_size
-        )
+        ).tocsr()
+        self._scored: tuple[np.ndarray, sp.csc_matrix] | None = None
 
     def score(self, users: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Summed similarity of each item to the user's profile items, float32 [b, items]."""
-        block = self.similarity[:, start:stop]  # CSC: a cheap column slice
-        return (self.profile[users] @ block).toarray().astype(np.float32)
+        """Summed similarity of each item to the user's profile items, float32 [b, items].
+
+        A user batch's sparse scores over the whole catalogue are computed once and sliced for
+        each block the evaluator asks for (1M items: 0.35 s a batch of 256, not 6.7 s).
+        """
+        if self._scored is None or not np.array_equal(self._scored[0], users):
+            self._scored = (users.copy(), (self.profile[users] @ self.similarity).tocsc())
+        return np.asarray(self._scored[1][:, start:stop].toarray(), dtype=np.float32)
 
 
 def _cosine_top_k(rows: sp.csr_matrix, k: int, shrink: float, block_size: int) -> sp.csc_matrix:
