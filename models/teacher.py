@@ -44,10 +44,11 @@ class EaseTeacher:
             self.cache = self._compute(np.arange(n_users))
 
     def targets(self, users: np.ndarray) -> tuple[Tensor, Tensor]:
-        """``(probs, known)``, both ``[len(users), n_items]``; probs are 0 on known items."""
+        """``(probs, known)``, both ``[len(users), n_items]``; probs are 0 on known items,
+        ``known`` is 1.0 on a user's training items, else 0.0."""
         if self.cache is not None:
             index = torch.from_numpy(np.asarray(users, dtype=np.int64))
-            return self.cache[0][index], self.cache[1][index]
+            return self.cache[0].index_select(0, index), self.cache[1].index_select(0, index)
         return self._compute(users)
 
     def _compute(self, users: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -56,4 +57,4 @@ class EaseTeacher:
         scores = scores.masked_fill(known, -torch.inf)
         # A user who knows every item has nothing to be taught: an all-zero row.
         probs = torch.softmax(scores, dim=1).nan_to_num(0.0)
-        return probs, known
+        return probs, known.float()
