@@ -37,16 +37,6 @@ class Bag(NamedTuple):
     tokens: Tensor  # [N] int64
     offsets: Tensor  # [B + 1] int64
 
-    def to(self, device: torch.device | str) -> Bag:
-        return Bag(self.tokens.to(device), self.offsets.to(device))
-
-    @staticmethod
-    def concat(bags: Sequence[Bag]) -> Bag:
-        """The lists of several bags, in order, as one bag."""
-        tokens = torch.cat([b.tokens for b in bags])
-        lengths = torch.cat([b.offsets.diff() for b in bags])
-        return Bag(tokens, _offsets(lengths))
-
 
 class Pooled(NamedTuple):
     """A feature already embedded (and pooled) elsewhere, e.g. by a sharded table ``[B, D]``."""

@@ -120,13 +120,6 @@ def test_ragged_from_padded_drops_padding_and_keeps_order() -> None:
     assert lists(ragged.bags(torch.tensor([0]), max_len=1)) == [[2]]
 
 
-def test_bag_concat_keeps_each_list() -> None:
-    first = Ragged.from_lists([np.array([1, 2]), np.array([], dtype=np.int64)])
-    second = Ragged.from_lists([np.array([7])])
-    bag = Bag.concat([first.bags(torch.tensor([0, 1])), second.bags(torch.tensor([0]))])
-    assert lists(bag) == [[1, 2], [], [7]]
-
-
 def test_inputs_gather_each_feature_of_the_asked_rows(
     tiny_data_dir: Path, tiny_config: TrainConfig
 ) -> None:
