@@ -29,7 +29,7 @@ from pydantic import BaseModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index_builder.snapshot import load_snapshot  # noqa: E402
-from models.features import UNKNOWN, encode_lists  # noqa: E402
+from models.inputs import FeatureTable, Ragged, TowerInputs, history_tokens  # noqa: E402
 
 
 class RecallRequest(BaseModel):
@@ -55,7 +55,7 @@ def create_app(root: Path, version: str, redis_url: str) -> FastAPI:
     cache = redis.Redis.from_url(redis_url)
     app = FastAPI(title="naive recall")
 
-    def user_inputs(request: RecallRequest) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    def user_inputs(request: RecallRequest) -> tuple[TowerInputs, np.ndarray]:
         inputs = spec.encode({}, 1)
         row = snapshot.user_row.get(request.user_id) if request.user_id else None
         seen = np.empty(0, dtype=np.int64)
@@ -70,10 +70,12 @@ def create_app(root: Path, version: str, redis_url: str) -> FastAPI:
                 inputs.update(spec.encode_values(request.features))
             except KeyError as exc:
                 raise HTTPException(422, str(exc)) from exc
-        tokens = [t for t in snapshot.item_tokens[seen].tolist() if t != UNKNOWN]
+        one = torch.arange(1)
+        batch = FeatureTable(spec, inputs).rows(one)  # the project's one input encoder
+        history = Ragged.from_lists([history_tokens(seen, snapshot.item_tokens)])
         for feature in spec.of_kind("history"):
-            inputs[feature.name] = encode_lists([tokens], 1, feature.max_len)
-        return {name: torch.from_numpy(value) for name, value in inputs.items()}, seen
+            batch[feature.name] = history.bags(one, feature.max_len)
+        return batch, seen
 
     def search(vector: np.ndarray, k: int, exclude: set[int]) -> list[Item]:
         scores, rows = snapshot.index.search(vector, k + len(exclude))
