@@ -41,6 +41,19 @@ def wait_until(check: object, timeout_s: float = 30.0, what: str = "condition") 
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def wait_ready(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until ``base``/readyz answers 200; fails with the server's log if the process exits."""
+
+    def ready() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 120, "the server to be ready")
+
+
 @contextlib.contextmanager
 def recall_serve(snapshots: Path, folder: Path, **env: str) -> Iterator[str]:
     """Base URL of `recall serve` over ``snapshots`` on a free port, with ``env`` as its
@@ -53,16 +66,8 @@ def recall_serve(snapshots: Path, folder: Path, **env: str) -> Iterator[str]:
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(command, env=environ, cwd=folder, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert process.poll() is None, (folder / "server.log").read_text()
-        try:
-            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(ready, 120, "the server to be ready")
+        wait_ready(base, process, folder / "server.log")
         yield base
     finally:
         process.terminate()

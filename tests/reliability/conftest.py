@@ -29,7 +29,7 @@ from tests.integration.conftest import (
     key_prefix,
     own_redis,
     real_redis,
-    wait_until,
+    wait_ready,
 )
 from tests.service.fixtures import ADMIN_TOKEN, DATASET, ROOT, no_recall_env, tiny_config
 
@@ -120,16 +120,8 @@ def start_server(snapshots: Path, folder: Path, audit_log: Path | None = None,
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=environ, cwd=ROOT, stdout=out, stderr=out)
     server = Server(f"http://127.0.0.1:{port}", process, log)
-
-    def ready() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(ready, 120, "the server to be ready")
+        wait_ready(server.url, process, log)
     except BaseException:
         process.kill()
         process.wait(10)
