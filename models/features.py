@@ -71,7 +71,7 @@ def auto_dim(cardinality: int, scale: float = 8.0, low: int = 4, high: int = 64)
 def _to_float(value: Any) -> float:
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         return math.nan
     return out if math.isfinite(out) else math.nan
 

@@ -127,18 +127,27 @@ class RecallEngine:
             self._first_fetch(k, len(e), f) for k, e, f in zip(ks, excluded, filters, strict=True)
         ]
         while pending:
-            size = max(fetch[i] for i in pending)
-            scores, rows = self.index.search(np.ascontiguousarray(vectors[pending]), size)
+            # One search per power-of-two fetch size: a heavy request (k=1000 and a long
+            # exclusion list) must not make the light requests of its batch fetch as much.
+            groups: dict[int, list[int]] = {}
+            for i in pending:
+                groups.setdefault(self._bucket(fetch[i]), []).append(i)
             still = []
-            for j, i in enumerate(pending):
-                keep = self._keep(rows[j], excluded[i], filters[i])
-                if int(keep.sum()) >= ks[i] or size >= self.n_items:
-                    out[i] = Candidates(rows[j][keep][: ks[i]], scores[j][keep][: ks[i]])
-                else:
-                    fetch[i] = min(self.n_items, size * 2)
-                    still.append(i)
+            for size, group in groups.items():
+                scores, rows = self.index.search(np.ascontiguousarray(vectors[group]), size)
+                for j, i in enumerate(group):
+                    keep = self._keep(rows[j], excluded[i], filters[i])
+                    if int(keep.sum()) >= ks[i] or size >= self.n_items:
+                        out[i] = Candidates(rows[j][keep][: ks[i]], scores[j][keep][: ks[i]])
+                    else:
+                        fetch[i] = min(self.n_items, size * 2)
+                        still.append(i)
             pending = still
         return [c if c is not None else _empty() for c in out]
+
+    def _bucket(self, fetch: int) -> int:
+        """``fetch`` rounded up to a power of two (at least 128), at most the catalogue."""
+        return max(1, min(self.n_items, 1 << max(7, (fetch - 1).bit_length())))
 
     def _exact(
         self, vector: np.ndarray, k: int, excluded: np.ndarray, item_filter: ItemFilter

@@ -52,6 +52,7 @@ STATUS: dict[str, int] = {
     "http_error": 400,
     "internal": 500,
     "no_snapshot": 503,
+    "overloaded": 503,
 }
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large",

@@ -48,6 +48,10 @@ class Metrics:
             "recall_cache_errors", "Cache operations that failed (fails open)", ["operation"],
             registry=r,
         )  # fmt: skip
+        self.cache_invalid = Counter(
+            "recall_cache_invalid", "Cached user vectors refused (not finite unit vectors)",
+            registry=r,
+        )  # fmt: skip
         self.cache_write_drops = Counter(
             "recall_cache_write_drops", "User vectors not written to Redis: writes queued up",
             registry=r,
@@ -56,6 +60,9 @@ class Metrics:
             "recall_batch_size", "Requests answered together by one batch worker pass",
             buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+        self.shed = Counter(
+            "recall_shed_requests", "Requests refused with 503 overloaded (admission)", registry=r
+        )
         self.user_source = Counter(
             "recall_user_vectors", "User vectors by source", ["source"], registry=r
         )

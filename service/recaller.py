@@ -2,7 +2,9 @@
 
 Cache key: ``{prefix}:{version}:{user_id or "-"}:{inputs hash}`` where the hash covers what
 the vector was made from (user id, features, history); the version keeps vectors of two
-models apart. Value: the vector's float32 bytes.
+models apart. Value: the vector's float32 bytes and an 8-byte blake2b tag of them keyed by the
+cache key (``seal``); a value whose tag does not match, or that is not a finite unit vector, is
+recomputed (``recall_cache_invalid``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,35 @@ from service.schemas import RecallRequest
 from service.settings import CacheSettings
 from service.users import UserQuery
 
+UNIT_TOLERANCE = 1e-3  # |norm - 1| of a cached vector that is used as it is
+TAG_BYTES = 8  # blake2b tag after the vector's bytes
+
 
 def cache_key(prefix: str, version: str, request: RecallRequest) -> str:
     inputs = {"user_id": request.user_id, "features": request.features, "history": request.history}
     digest = hashlib.blake2b(orjson.dumps(inputs, option=orjson.OPT_SORT_KEYS), digest_size=8)
     return f"{prefix}:{version}:{request.user_id or '-'}:{digest.hexdigest()}"
+
+
+def _tag(key: str, data: bytes) -> bytes:
+    return hashlib.blake2b(data, key=key.encode()[:64], digest_size=TAG_BYTES).digest()
+
+
+def seal(key: str, vector: np.ndarray) -> bytes:
+    """The cached value of ``vector`` under ``key``: its float32 bytes, then a tag of them
+    keyed by the cache key, so a value written by hand or copied from another key is refused."""
+    data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+    return data + _tag(key, data)
+
+
+def unseal(key: str, blob: bytes, dim: int) -> np.ndarray | None:
+    """The vector ``seal(key, vector)`` wrote, or None when ``blob`` is not that."""
+    if len(blob) != dim * 4 + TAG_BYTES:
+        return None
+    data, tag = blob[: dim * 4], blob[dim * 4 :]
+    if _tag(key, data) != tag:
+        return None
+    return np.frombuffer(data, dtype=np.float32)
 
 
 @dataclass
@@ -118,19 +144,31 @@ class Recaller:
         keys = [cache_key(self.settings.key_prefix, engine.version, r) for r in requests]
         cached = self.cache.get_many(keys)
         sources, missing = [], []
+        sealed = [False] * len(cached)
         for i, blob in enumerate(cached):
-            if blob is not None and len(blob) == dim * 4:
-                vectors[i] = np.frombuffer(blob, dtype=np.float32)
+            vector = unseal(keys[i], blob, dim) if blob is not None else None
+            if vector is not None:
+                vectors[i], sealed[i] = vector, True
+        # A cached value is used only when its tag matches its key and it is a finite unit
+        # vector: a zero, NaN, huge, negated or moved value (another writer, a bad restore)
+        # is recomputed and replaced.
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        valid = np.abs(norms - 1.0) <= UNIT_TOLERANCE  # NaN compares False
+        for i, blob in enumerate(cached):
+            if sealed[i] and valid[i]:
                 sources.append("cache")
-            else:
-                missing.append(i)
-                sources.append("computed")
+                continue
+            if blob is not None:
+                self.metrics.cache_invalid.inc()
+            missing.append(i)
+            sources.append("computed")
         self.metrics.cache_hits.inc(len(queries) - len(missing))
         self.metrics.cache_misses.inc(len(missing))
         if missing:
             computed = engine.embed([queries[i] for i in missing])
             vectors[missing] = computed
-            fresh = {keys[i]: computed[j].tobytes() for j, i in enumerate(missing)}
+            fresh = {keys[i]: seal(keys[i], computed[j]) for j, i in enumerate(missing)}
             self.cache.set_many(fresh, self.settings.ttl_s)
         return vectors, sources
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    create_model,
+)
 
 from service.settings import Limits
 
 Scalar = str | int | float | None
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # the model encodes integers as int64 at most
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
@@ -40,8 +49,12 @@ class BatchRecallRequest(BaseModel):
 
 def request_schemas(limits: Limits) -> tuple[type[RecallRequest], type[BatchRecallRequest]]:
     """``RecallRequest`` and ``BatchRecallRequest`` bounded by ``limits``."""
-    text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_string_length)]
-    name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    text = Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=limits.max_string_length),
+        AfterValidator(encodable),
+    ]
+    name = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(encodable)]
     values = Annotated[list[text], Field(min_length=1, max_length=limits.max_list_values)]
     value = Annotated[
         Any,
@@ -69,11 +82,27 @@ def request_schemas(limits: Limits) -> tuple[type[RecallRequest], type[BatchReca
     return bound, batch
 
 
+def encodable(text: str) -> str:
+    """``text`` when it is valid Unicode: JSON's ``"\\ud800"`` decodes to a lone surrogate,
+    which no UTF-8 encoder (the cache key, the logs, the answer) can write."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"must be valid Unicode text; character {exc.start} is a lone surrogate"
+        ) from None
+    return text
+
+
 def _feature_value(limits: Limits) -> Any:
     """Validator of one feature value: a string, a finite number, null, or a list of those."""
 
     def scalar(value: Any) -> Scalar:
-        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        if value is None:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT_MIN <= value <= INT_MAX:
+                raise ValueError("must be an integer within 64 bits")
             return value
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -82,7 +111,7 @@ def _feature_value(limits: Limits) -> Any:
         if isinstance(value, str):
             if len(value) > limits.max_string_length:
                 raise ValueError(f"must have at most {limits.max_string_length} characters")
-            return value
+            return encodable(value)
         raise ValueError("must be a string, a finite number, null, or a list of those")
 
     def check(value: Any) -> Scalar | list[Scalar]:

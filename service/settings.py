@@ -76,6 +76,20 @@ class BatchSettings(BaseModel):
 
     max_size: int = Field(default=32, ge=1, le=1024, description="requests per batch")
     max_wait_ms: float = Field(default=0.0, ge=0.0, le=50.0, description="wait to fill a batch")
+    # Admission (service.batcher.cost: a k=100 request with nothing excluded costs 1 unit).
+    max_flush_cost: float = Field(
+        default=48.0, ge=1.0, description="cost units answered per pass; bigger jobs in parts"
+    )
+    max_queued_cost: float = Field(
+        default=64.0, ge=1.0, description="cost a new request may wait behind; past it 503"
+    )
+    max_pending_cost: float = Field(
+        default=2048.0, ge=1.0, description="cost units queued at most; past it 503 overloaded"
+    )
+    shed_after_ms: float = Field(
+        default=100.0, gt=0.0, le=10_000.0, description="503 while the oldest queued job waited"
+    )
+    retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of a 503")
 
 
 class ThreadSettings(BaseModel):

@@ -26,6 +26,7 @@ from models.features import UNKNOWN
 from models.inputs import Inputs
 from models.synth import write_synthetic
 from models.train import user_vectors
+from service.recaller import unseal
 from tests.integration.conftest import REDIS_URL, recall_serve
 from tests.models.conftest import ML100K_CONFIG
 
@@ -118,5 +119,6 @@ def test_served_user_vectors_equal_the_offline_ones(
             assert len(keys) == 1
             blob = real_redis.get(keys[0])
             assert isinstance(blob, bytes)
-            served_vector = np.frombuffer(blob, dtype=np.float32)
+            served_vector = unseal(keys[0].decode(), blob, len(world.offline[user]))
+            assert served_vector is not None
             np.testing.assert_allclose(served_vector, world.offline[user], atol=1e-6)

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from service.app import create_app
+from service.recaller import unseal
 from service.settings import RedisSettings
 from tests.integration.conftest import REDIS_URL, RedisProcess, wait_until
 from tests.service.client import AppClient
@@ -51,7 +52,8 @@ def test_second_request_is_a_cache_hit_with_a_ttl_and_a_versioned_key(
     assert all(0 < real_redis.ttl(key) <= 120 for key in keys)
     blob = real_redis.get(keys[0])
     assert isinstance(blob, bytes)
-    vector = np.frombuffer(blob, dtype=np.float32)
+    vector = unseal(keys[0], blob, 8)
+    assert vector is not None
     assert vector.shape == (8,) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
     # another snapshot never reads these vectors: its keys carry its own version
     assert app_on_redis.post("/admin/reload", headers=ADMIN, json={"version": older}).is_success

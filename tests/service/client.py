@@ -7,6 +7,7 @@ copy of the lifespan state.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from functools import partial
 from typing import Any
@@ -51,3 +52,13 @@ class AppClient:
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", url, **kwargs)
+
+    def post_together(self, url: str, bodies: list[bytes]) -> list[httpx.Response]:
+        """POST each JSON body concurrently on the app's loop (so they share its passes)."""
+        headers = {**self.headers, "Content-Type": "application/json"}
+
+        async def send() -> list[httpx.Response]:
+            calls = (self.client.post(url, content=body, headers=headers) for body in bodies)
+            return list(await asyncio.gather(*calls))
+
+        return self.portal.call(send)

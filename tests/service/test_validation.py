@@ -63,6 +63,16 @@ def raw(client: AppClient, text: str, url: str = "/v1/recall") -> dict:
         ('{"explain": 1}', "body.explain"),
         ('{"k": 5, "colour": "red"}', "body.colour"),
         ("[]", "body"),
+        # what the model cannot encode: past int64, lone surrogates, past float's range
+        ('{"features": {"gender": 18446744073709551616}}', "body.features.gender"),
+        ('{"features": {"gender": -9223372036854775809}}', "body.features.gender"),
+        ('{"features": {"gender": "\\ud800"}}', "body.features.gender"),
+        ('{"features": {"gender": ["F", "\\udfff"]}}', "body.features.gender"),
+        ('{"user_id": "a\\ud800"}', "body.user_id"),
+        ('{"history": ["1", "\\ud800"]}', "body.history.1"),
+        ('{"exclude_item_ids": ["\\udbff"]}', "body.exclude_item_ids.0"),
+        ('{"filter": {"genres": ["\\ud800"]}}', "body.filter.genres.0"),
+        ('{"features": {"age": 1' + "0" * 400 + "}}", "body.features.age"),
     ],
 )
 def test_bad_recall_request_is_422_naming_the_field(
@@ -70,6 +80,12 @@ def test_bad_recall_request_is_422_naming_the_field(
 ) -> None:
     error = raw(small, text)
     assert error["message"].startswith(field + ":"), error["message"]
+
+
+def test_a_feature_name_that_is_not_unicode_is_422(small: AppClient) -> None:
+    error = raw(small, '{"features": {"\\ud800": "F"}}')
+    assert error["message"].startswith("body.features."), error["message"]
+    assert "[key]" in error["message"]
 
 
 def test_malformed_json_is_422(small: AppClient) -> None:
