@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.protocol import connection_cap, guarded_protocol, raise_file_limit
     from service.server import DrainingServer
     from service.settings import SettingsInvalidError, load_settings
 
@@ -40,13 +41,15 @@ def _serve(args: argparse.Namespace) -> int:
     # handler it found restored: a no-op one makes a SIGTERM'd server exit 0 after answering
     # what was in flight, as a finished job should (SIGINT keeps Python's KeyboardInterrupt).
     previous = signal.signal(signal.SIGTERM, _stopped)
+    cap = connection_cap(settings.connections, raise_file_limit())
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         workers=1,
         loop="uvloop",  # both pinned; measured ahead of asyncio and h11 (bench/load.py)
-        http="httptools",
+        http=guarded_protocol(settings.connections, cap),  # httptools, with limits
+        timeout_keep_alive=settings.connections.keep_alive_s,  # type: ignore[arg-type]
         log_config=None,  # keep the logging the `recall` entry point configured
         access_log=False,  # the service logs one line per request itself (debug)
         timeout_graceful_shutdown=settings.shutdown_grace_s,

@@ -7,6 +7,7 @@ handlers that turn FastAPI's own errors into that shape. Unexpected exceptions a
 
 from __future__ import annotations
 
+import http
 from typing import Any
 
 import orjson
@@ -43,9 +44,12 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "no_previous_snapshot": 409,
     **dict.fromkeys(SNAPSHOT_CHECKS, 409),
+    "request_timeout": 408,
     "payload_too_large": 413,
+    "uri_too_long": 414,
     "unsupported_media_type": 415,
     "validation_error": 422,
+    "header_too_large": 431,
     "unknown_feature": 422,
     "unknown_filter": 422,
     "bad_version": 422,
@@ -53,6 +57,8 @@ STATUS: dict[str, int] = {
     "internal": 500,
     "no_snapshot": 503,
     "overloaded": 503,
+    "too_many_connections": 503,
+    "shutting_down": 503,
 }
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large",
@@ -86,6 +92,20 @@ class JSONBody(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_bytes(code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 response in the error body, for answers below the ASGI app
+    (``service.protocol``)."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    status = STATUS[code]
+    lines = [
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> JSONBody:

@@ -43,6 +43,19 @@ class Limits(BaseModel):
         return self
 
 
+class ConnectionSettings(BaseModel):
+    """What one HTTP connection may hold (``service.protocol``)."""
+
+    model_config = {"extra": "forbid"}
+
+    max_connections: int = Field(default=2048, ge=1, le=1_000_000)
+    max_url_bytes: int = Field(default=8192, ge=256, le=1 << 20)  # past it 414
+    max_header_bytes: int = Field(default=16384, ge=1024, le=1 << 20)  # past it 431
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)  # to send the head; then 408
+    body_timeout_s: float = Field(default=10.0, gt=0, le=600)  # to send the body; then 408
+    keep_alive_s: float = Field(default=5.0, gt=0, le=600)  # idle between two requests
+
+
 class RedisSettings(BaseModel):
     """Redis client behaviour (the URL itself is ``RECALL_REDIS_URL``)."""
 
@@ -123,6 +136,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
     limits: Limits = Limits()
+    connections: ConnectionSettings = ConnectionSettings()
     batch: BatchSettings = BatchSettings()
     threads: ThreadSettings = ThreadSettings()
 

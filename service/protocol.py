@@ -1,0 +1,226 @@
+"""GuardedProtocol: uvicorn's httptools protocol with limits on what one connection may hold.
+
+uvicorn bounds none of these by default, and each was measured to hurt other callers:
+
+- **Head size**: the request line and headers may be at most ``max_url_bytes`` +
+  ``max_header_bytes``; bytes are counted before they reach the parser (httptools joins a long
+  header value chunk by chunk, quadratic in its size: a 64 MB header cost 8.8 s of CPU). Past
+  the URL bound 414 ``uri_too_long``, past the header bound 431 ``header_too_large``.
+- **Slow clients**: the head must arrive within ``header_timeout_s`` of the connection (or of
+  the first byte of the next request on a kept-alive one) and the body within
+  ``body_timeout_s`` of the head, else 408 ``request_timeout`` and the connection closes.
+  uvicorn's own keep-alive timeout (``keep_alive_s``) closes connections idle between requests.
+- **Connections**: at most ``max_connections`` (and never more than the process's file limit
+  allows). At the cap a new connection first evicts the oldest one that has no request being
+  answered (idle, or still sending its head); when there is none it gets 503
+  ``too_many_connections`` and is closed, so slow connections never lock out new callers.
+- **Shutdown**: on SIGTERM a connection still sending its body is answered 503
+  ``shutting_down`` at once instead of holding the graceful shutdown for its whole grace.
+
+Every refusal is written in the service's one error body (``service.errors``), including the
+parser's own 400 for a malformed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.errors import STATUS, error_bytes
+from service.settings import ConnectionSettings
+
+log = logging.getLogger(__name__)
+FILE_RESERVE = 64  # descriptors kept for snapshots, Redis, logs and the listening socket
+
+
+def raise_file_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_cap(settings: ConnectionSettings, file_limit: int) -> int:
+    """``max_connections``, lowered so that the connections fit in the file limit."""
+    room = max(file_limit - FILE_RESERVE, 1)
+    if settings.max_connections > room:
+        log.warning(
+            "max_connections %d lowered to %d: the open-file limit is %d",
+            settings.max_connections, room, file_limit,
+        )  # fmt: skip
+    return min(settings.max_connections, room)
+
+
+def guarded_protocol(settings: ConnectionSettings, cap: int) -> type[HttpToolsProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
+    return type(
+        "GuardedProtocol",
+        (GuardedProtocol,),
+        {"limits": settings, "cap": cap},
+    )
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    limits: ConnectionSettings = ConnectionSettings()
+    cap: int = ConnectionSettings().max_connections
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # between the start of a request and its last header
+        self._head_bytes = 0
+        self._refused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._since = time.monotonic()
+
+    # --- connection --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.cap and not self._evict_one():
+            self._refuse("too_many_connections", f"the server holds {self.cap} connections")
+            return
+        self._arm(self.limits.header_timeout_s, "the request head")
+
+    def _evict_one(self) -> bool:
+        """Close the oldest other connection that has no request being answered."""
+        idle = [
+            c
+            for c in self.connections
+            if c is not self
+            and isinstance(c, GuardedProtocol)
+            and not c._refused
+            and (c.cycle is None or c.cycle.response_complete)
+        ]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c._since)
+        if oldest.cycle is not None:  # idle between requests: close it, as keep-alive allows
+            oldest._refused = True
+            oldest._disarm()
+            oldest.transport.close()
+        else:  # still sending its head
+            oldest._refuse("too_many_connections", "closed to make room for a new connection")
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._in_head:
+            super().data_received(data)
+            return
+        # A chunk may hold the end of a head and the start of its body: parse it, then refuse
+        # when the head is still not over (the parser has seen at most one chunk too many).
+        self._head_bytes += len(data)
+        super().data_received(data)
+        head_limit = self.limits.max_url_bytes + self.limits.max_header_bytes
+        if self._in_head and not self._refused and self._head_bytes > head_limit:
+            self._refuse("header_too_large", self._header_message())
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            self._refuse("bad_request", msg)
+
+    # --- parser callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        if self._timer is None:
+            self._arm(self.limits.header_timeout_s, "the request head")
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_url_bytes:
+            self._refuse("uri_too_long", self._url_message())
+            raise _Refused
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        size = sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse("header_too_large", self._header_message())
+            raise _Refused
+        super().on_headers_complete()
+        if self.cycle is not None and self.cycle.more_body:
+            self._arm(self.limits.body_timeout_s, "the request body")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_head, self._head_bytes = True, 0  # what comes next is the next request's head
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._since = time.monotonic()
+
+    # --- shutdown ----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started:
+            self._refuse("shutting_down", "the server is shutting down; send the request again")
+            cycle.disconnected = True
+            cycle.message_event.set()
+            return
+        super().shutdown()
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out, seconds, what)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, seconds: float, what: str) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            return  # the app is answering
+        if self._head_bytes == 0 and self._in_head and (cycle is None or cycle.response_complete):
+            self._refused = True  # nothing sent at all: close without an answer
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        self._refuse("request_timeout", f"{what} did not arrive within {seconds:g} s")
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
+
+    def _refuse(self, code: str, message: str) -> None:
+        """Answer ``code`` in the error body and close the connection."""
+        self._refused = True
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        headers = {"connection": "close"}
+        if STATUS[code] == 503:
+            headers["retry-after"] = "1"
+        self.transport.write(error_bytes(code, message, headers))
+        self.transport.close()
+
+    def _url_message(self) -> str:
+        return f"the URL is over {self.limits.max_url_bytes} bytes (RECALL_CONNECTIONS__MAX_URL_BYTES)"
+
+    def _header_message(self) -> str:
+        limit = self.limits.max_header_bytes
+        return f"the request headers are over {limit} bytes (RECALL_CONNECTIONS__MAX_HEADER_BYTES)"
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a refused request."""
