@@ -215,7 +215,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _url_message(self) -> str:
-        return f"the URL is over {self.limits.max_url_bytes} bytes (RECALL_CONNECTIONS__MAX_URL_BYTES)"
+        limit = self.limits.max_url_bytes
+        return f"the URL is over {limit} bytes (RECALL_CONNECTIONS__MAX_URL_BYTES)"
 
     def _header_message(self) -> str:
         limit = self.limits.max_header_bytes

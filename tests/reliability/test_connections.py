@@ -142,7 +142,6 @@ def test_slow_connections_are_evicted_for_new_callers(
             assert status == 503 and error_code(body) == "too_many_connections"
 
 
-
 def test_a_slow_head_or_body_is_answered_408_and_an_idle_socket_closed(
     disjoint: tuple[Path, dict[str, str]], serve: Callable[..., Server]
 ) -> None:
@@ -151,7 +150,7 @@ def test_a_slow_head_or_body_is_answered_408_and_an_idle_socket_closed(
         head.sendall(b"POST /v1/recall HTTP/1.1\r\nHost: x\r\n")
         body.sendall(
             b"POST /v1/recall HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n{\"user_id\":"
+            b'Content-Length: 100\r\n\r\n{"user_id":'
         )
         for sock in (head, body):
             status, _, answer = read_response(sock)
