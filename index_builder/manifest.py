@@ -2,7 +2,7 @@
 
 ``manifest.json`` (written last, so its presence marks a finished folder)::
 
-    {"format_version": 1, "version": "20250101T120000Z-0a1b2c3d", "created": "...+00:00",
+    {"format_version": 2, "version": "20250101T120000Z-0a1b2c3d", "created": "...+00:00",
      "source": {artifact path/fingerprint, dataset, data fingerprint, split},
      "dim": 64, "metric": "inner_product",
      "counts": {"items": I, "users": U, "seen_interactions": S},
@@ -11,7 +11,11 @@
      "tuning": {"k", "target_recall", "recall", "target_reached", "queries", "trials"},
      "latency_ms": {"p50", "p99", "batch64_per_query", "queries", "k", "threads": 1},
      "offline_metrics": {...the artifact's metrics.json...},
-     "files": {"index.faiss": {"sha256": "...", "bytes": N}, ...every other file...}}
+     "files": {"index.faiss": {"sha256": "...", "bytes": N}, ...every other file...},
+     "manifest_sha256": "..."}
+
+``manifest_sha256`` is the sha256 of the rest (``manifest_digest``), so the manifest is covered
+too: a hand edit or a flipped byte in it fails ``manifest_checksum_mismatch``.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import os
 import re
 import secrets
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest_sha256; 1 (no checksum of the manifest) still loads
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
+MANIFEST_SHA256 = "manifest_sha256"
 METRIC = "inner_product"
 VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 ARTIFACT_FILES = (
@@ -40,6 +47,35 @@ ARTIFACT_FILES = (
 SNAPSHOT_FILES = ("index.faiss", "items.safetensors", "items.json", "users.safetensors")
 REQUIRED_FILES = ARTIFACT_FILES + SNAPSHOT_FILES
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Check(StrEnum):
+    """Every check a snapshot can fail, by the code its error carries (``SnapshotError.code``).
+
+    The service answers each with 409 (``service.errors``), except ``bad_version`` (422).
+    """
+
+    NOT_FOUND = "snapshot_not_found"
+    BAD_VERSION = "bad_version"
+    MISSING_MANIFEST = "missing_manifest"
+    BAD_MANIFEST = "bad_manifest"
+    MANIFEST_CHECKSUM = "manifest_checksum_mismatch"
+    MISSING_FILE = "missing_file"
+    SIZE_MISMATCH = "size_mismatch"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    DIM_MISMATCH = "dim_mismatch"
+    METRIC_MISMATCH = "metric_mismatch"
+    COUNT_MISMATCH = "count_mismatch"
+    INDEX_UNREADABLE = "index_unreadable"
+    ARTIFACT_UNREADABLE = "artifact_unreadable"
+    TABLE_UNREADABLE = "table_unreadable"
+    DUPLICATE_IDS = "duplicate_ids"
+    INDEX_LABELS = "index_labels_out_of_range"
+    ITEM_VECTORS = "item_vectors_invalid"
+    ITEM_TABLE = "item_table_invalid"
+    USER_TABLE = "user_table_invalid"
+    WARMUP_FAILED = "warmup_failed"
+    LOAD_FAILED = "load_failed"
 
 
 class SnapshotError(Exception):
@@ -56,7 +92,7 @@ class SnapshotError(Exception):
 class SnapshotNotFoundError(SnapshotError):
     """No snapshot folder with that version."""
 
-    code = "not_found"
+    code = Check.NOT_FOUND
 
 
 class SnapshotInvalidError(SnapshotError):
@@ -83,7 +119,7 @@ def check_version(version: str) -> str:
         raise SnapshotInvalidError(
             f"{version!r} is not a snapshot version; expected YYYYMMDDTHHMMSSZ-<8 hex>, "
             "e.g. from `recall snapshot list`",
-            "bad_version",
+            Check.BAD_VERSION,
         )
     return version
 
@@ -93,14 +129,29 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, compact), its own
+    ``manifest_sha256`` left out."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with ``manifest_sha256`` set for its current contents."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SHA256}
+    return {**body, MANIFEST_SHA256: manifest_digest(body)}
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Checksum every file in ``folder``, then write ``manifest.json`` last (fsynced)."""
+    """Checksum every file in ``folder``, then write ``manifest.json`` last (fsynced),
+    covered by its own checksum."""
     files = {
         path.name: {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         for path in sorted(folder.iterdir())
         if path.is_file() and path.name != MANIFEST
     }
-    manifest = {**manifest, "files": files}
+    manifest = seal_manifest({**manifest, "format_version": FORMAT_VERSION, "files": files})
     with open(folder / MANIFEST, "w") as handle:
         handle.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         handle.flush()
@@ -117,12 +168,19 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise SnapshotInvalidError(
             f"{manifest_path}: missing {MANIFEST}; the folder is unfinished, rebuild it with "
             "`recall build-index`",
-            "missing_manifest",
+            Check.MISSING_MANIFEST,
         ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SnapshotInvalidError(
             f"{manifest_path}: not valid JSON ({exc}); rebuild the snapshot", "bad_manifest"
         ) from exc
+    sealed = isinstance(manifest, dict) and manifest.get("format_version", 1) != 1
+    if sealed and manifest.get(MANIFEST_SHA256) != manifest_digest(manifest):
+        raise SnapshotInvalidError(
+            f"{manifest_path}: manifest_sha256 does not match the manifest (edited or "
+            "corrupted); rebuild the snapshot",
+            Check.MANIFEST_CHECKSUM,
+        )
     problem = _manifest_problem(manifest, path.name)
     if problem:
         raise SnapshotInvalidError(
@@ -134,8 +192,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def _manifest_problem(manifest: Any, folder_name: str) -> str | None:
     if not isinstance(manifest, dict):
         return "not a JSON object"
-    if manifest.get("format_version") != FORMAT_VERSION:
-        return f"format_version {manifest.get('format_version')!r} is not {FORMAT_VERSION}"
+    if manifest.get("format_version") not in READABLE_FORMATS:
+        return f"format_version {manifest.get('format_version')!r} is not one of {READABLE_FORMATS}"
     if manifest.get("version") != folder_name:
         return f"version {manifest.get('version')!r} does not match the folder name"
     counts = manifest.get("counts")
@@ -181,18 +239,18 @@ def verify_snapshot(path: Path, checksums: bool = True) -> dict[str, Any]:
         except FileNotFoundError as exc:
             raise SnapshotInvalidError(
                 f"{file_path}: missing file listed in the manifest; rebuild the snapshot",
-                "missing_file",
+                Check.MISSING_FILE,
             ) from exc
         if size != entry["bytes"]:
             raise SnapshotInvalidError(
                 f"{file_path}: {size} bytes, manifest says {entry['bytes']} (truncated or "
                 "changed); rebuild the snapshot",
-                "size_mismatch",
+                Check.SIZE_MISMATCH,
             )
         if checksums and file_sha256(file_path) != entry["sha256"]:
             raise SnapshotInvalidError(
                 f"{file_path}: sha256 does not match the manifest (corrupted); rebuild the "
                 "snapshot",
-                "checksum_mismatch",
+                Check.CHECKSUM_MISMATCH,
             )
     return manifest

@@ -20,6 +20,7 @@ from index_builder.indexes import apply_params
 from index_builder.manifest import (
     METRIC,
     VERSION_PATTERN,
+    Check,
     SnapshotError,
     SnapshotExistsError,
     SnapshotInvalidError,
@@ -29,11 +30,13 @@ from index_builder.manifest import (
     verify_snapshot,
 )
 from index_builder.store import SnapshotStatus, list_snapshots, newest_valid, prune, publish
-from index_builder.tables import read_items, read_users
+from index_builder.tables import ItemTable, UserTable, read_items, read_users
 from models.artifact import Artifact, ArtifactInvalidError, load_artifact
+from models.encoding import id_feature
 
 __all__ = [
     "VERSION_PATTERN",
+    "Check",
     "LoadedSnapshot",
     "SnapshotError",
     "SnapshotExistsError",
@@ -79,7 +82,7 @@ class LoadedSnapshot:
         return self.seen_items[self.seen_offsets[user_row] : self.seen_offsets[user_row + 1]]
 
 
-def _invalid(path: Path, message: str, code: str) -> SnapshotInvalidError:
+def _invalid(path: Path, message: str, code: Check) -> SnapshotInvalidError:
     return SnapshotInvalidError(f"{path}: {message}; rebuild the snapshot", code)
 
 
@@ -88,11 +91,108 @@ def _read_index(path: Path, params: dict[str, Any]) -> faiss.Index:
         index = faiss.read_index(str(path))
         apply_params(index, params)
     except RuntimeError as exc:
-        raise _invalid(path, f"faiss cannot read it ({exc})", "index_unreadable") from exc
+        raise _invalid(path, f"faiss cannot read it ({exc})", Check.INDEX_UNREADABLE) from exc
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.make_direct_map()  # lets item_vector reconstruct by row
     return index
+
+
+VECTOR_BLOCK = 65_536  # item vectors reconstructed at a time by the content check
+
+
+def check_contents(
+    path: Path,
+    manifest: dict[str, Any],
+    artifact: Artifact,
+    index: faiss.Index,
+    items: ItemTable,
+    users: UserTable,
+) -> None:
+    """What checksums cannot see: tables and index that were written wrong but summed right.
+
+    Unique item and user ids; index labels within the item table; finite unit item vectors
+    (loosely for product-quantised codes); seen items, item tokens, attributes and encoded
+    user features within the tables and vocabularies the model and the service index.
+    """
+    n_items, n_users = len(items.item_ids), len(users.user_ids)
+    for what, ids in (("item", items.item_ids), ("user", users.user_ids)):
+        if len(set(ids.tolist())) != len(ids):
+            raise _invalid(path, f"{what} ids are not unique", Check.DUPLICATE_IDS)
+    labels = _labels(index)
+    if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= n_items):
+        raise _invalid(
+            path / "index.faiss",
+            f"index labels {int(labels.min())}..{int(labels.max())} fall outside the "
+            f"{n_items} items",
+            Check.INDEX_LABELS,
+        )
+    quantised = "PQ" in str(manifest["index"].get("factory", "")) and not manifest["index"].get(
+        "refine"
+    )
+    tolerance = 0.25 if quantised else 1e-3
+    for start in range(0, index.ntotal, VECTOR_BLOCK):
+        block = index.reconstruct_n(start, min(VECTOR_BLOCK, index.ntotal - start))
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.linalg.norm(block.astype(np.float64), axis=1)
+        bad = np.flatnonzero(~(np.abs(norms - 1.0) <= tolerance))
+        if len(bad):
+            row = start + int(bad[0])
+            raise _invalid(
+                path / "index.faiss",
+                f"{len(bad)} item vectors from row {row} (item {items.item_ids[row]!r}) are not "
+                f"finite unit vectors (norm {norms[bad[0]]:.4g})",
+                Check.ITEM_VECTORS,
+            )
+    spec_i, spec_u = artifact.item_spec, artifact.user_spec
+    vocab = len(spec_i.vocabs.get(id_feature(spec_i), {})) + 1
+    ranges = [
+        ("users.safetensors seen.items", users.seen_items, n_items),
+        ("items.safetensors item_tokens", items.item_tokens, vocab),
+    ]
+    for name, values in items.attributes.items():
+        size = len(items.vocabularies.get(name, {}).get("vocab", {})) + 1
+        ranges.append((f"items.safetensors attr.{name}", values, size))
+    by_name = {f.name: f for f in spec_u.features}
+    for name, values in users.features.items():
+        if name not in by_name or len(values) != n_users:
+            raise _invalid(
+                path / "users.safetensors",
+                f"feature.{name} has {len(values)} rows for {n_users} users or is not a feature "
+                "of the user tower",
+                Check.USER_TABLE,
+            )
+        if by_name[name].kind != "numeric":
+            ranges.append((f"users.safetensors feature.{name}", values,
+                           spec_u.cardinality(by_name[name], vocab)))  # fmt: skip
+    offsets = users.seen_offsets
+    if len(offsets) and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)):
+        raise _invalid(path / "users.safetensors", "seen.offsets is not a CSR", Check.USER_TABLE)
+    for name, values, size in ranges:
+        if values.size and (values.min() < 0 or values.max() >= size):
+            raise _invalid(
+                path,
+                f"{name} holds {int(values.min())}..{int(values.max())}, outside 0..{size - 1}",
+                Check.USER_TABLE if name.startswith("users") else Check.ITEM_TABLE,
+            )
+
+
+def _labels(index: faiss.Index) -> np.ndarray | None:
+    """Every label an IVF index or an id map can return; None where labels are rows."""
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    lists = ivf.invlists
+    if lists is None:
+        return None
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(lists.nlist)
+        if lists.list_size(i)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
@@ -111,21 +211,23 @@ def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
     try:
         artifact = load_artifact(path)
     except (ArtifactInvalidError, KeyError, ValueError, RuntimeError) as exc:
-        raise _invalid(path, f"the model files do not load ({exc})", "artifact_unreadable") from exc
+        message = f"the model files do not load ({exc})"
+        raise _invalid(path, message, Check.ARTIFACT_UNREADABLE) from exc
     index = _read_index(path / "index.faiss", manifest["index"]["params"])
     try:
         items, users = read_items(path), read_users(path)
     except (KeyError, ValueError, OSError) as exc:
-        raise _invalid(path, f"item or user table unreadable ({exc})", "table_unreadable") from exc
+        message = f"item or user table unreadable ({exc})"
+        raise _invalid(path, message, Check.TABLE_UNREADABLE) from exc
     dims = {"index.faiss": index.d, "manifest.json": manifest["dim"]}
     dims["config.json"] = artifact.config.model.dim
     if len(set(dims.values())) != 1:
-        raise _invalid(path, f"vector dims disagree {dims}", "dim_mismatch")
+        raise _invalid(path, f"vector dims disagree {dims}", Check.DIM_MISMATCH)
     if manifest.get("metric") != METRIC or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise _invalid(
             path / "index.faiss",
             f"metric is {manifest.get('metric')!r} / faiss {index.metric_type}, expected {METRIC}",
-            "metric_mismatch",
+            Check.METRIC_MISMATCH,
         )
     counts = manifest["counts"]
     found = {
@@ -137,8 +239,9 @@ def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
     for key, sizes in found.items():
         if sizes != {counts[key]}:
             raise _invalid(
-                path, f"{key} count {sorted(sizes)} != manifest {counts[key]}", "count_mismatch"
+                path, f"{key} count {sorted(sizes)} != manifest {counts[key]}", Check.COUNT_MISMATCH
             )
+    check_contents(path, manifest, artifact, index, items, users)
     log.info("loaded snapshot %s (%d items, %d users)", version, index.ntotal, len(users.user_ids))
     return LoadedSnapshot(
         version=version,

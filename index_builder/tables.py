@@ -15,6 +15,7 @@ in time order).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,14 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 ITEMS, ITEMS_JSON, USERS = "items.safetensors", "items.json", "users.safetensors"
+
+
+def _as_other_files(path: Path) -> None:
+    """Give ``path`` the mode an ordinary file gets here (safetensors writes 0600), so every
+    file of a snapshot is readable by the same users (a service running as another user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +90,7 @@ def write_items(folder: Path, table: ItemTable) -> None:
     for name, values in table.attributes.items():
         tensors[f"attr.{name}"] = np.ascontiguousarray(values, dtype=np.int64)
     save_file(tensors, str(folder / ITEMS))
+    _as_other_files(folder / ITEMS)
     payload = {"attributes": table.vocabularies}
     (folder / ITEMS_JSON).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
@@ -109,6 +119,7 @@ def write_users(folder: Path, table: UserTable) -> None:
     for name, values in table.features.items():
         tensors[f"feature.{name}"] = np.ascontiguousarray(values)
     save_file(tensors, str(folder / USERS))
+    _as_other_files(folder / USERS)
 
 
 def read_users(folder: Path) -> UserTable:

@@ -16,25 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from index_builder.snapshot import SnapshotError
+from index_builder.snapshot import Check, SnapshotError
 
-# Snapshot checks named by index_builder.snapshot; a reload that fails one answers 409.
-SNAPSHOT_CHECKS = (
-    "snapshot_not_found",
-    "missing_manifest",
-    "bad_manifest",
-    "missing_file",
-    "size_mismatch",
-    "checksum_mismatch",
-    "dim_mismatch",
-    "metric_mismatch",
-    "count_mismatch",
-    "index_unreadable",
-    "artifact_unreadable",
-    "table_unreadable",
-    "warmup_failed",
-    "load_failed",
-)
+# Every snapshot check (index_builder.manifest.Check): a reload that fails one answers 409.
+SNAPSHOT_CHECKS = tuple(check.value for check in Check if check is not Check.BAD_VERSION)
 STATUS: dict[str, int] = {
     "bad_request": 400,
     "unauthorized": 401,
@@ -81,8 +66,8 @@ class ServiceError(Exception):
     @classmethod
     def from_snapshot(cls, exc: SnapshotError) -> ServiceError:
         """A snapshot check failure: ``bad_version`` is 422, every other check 409."""
-        code = "snapshot_not_found" if exc.code == "not_found" else exc.code
-        return cls(code if code in STATUS else "load_failed", str(exc))
+        code = str(exc.code)
+        return cls(code if code in STATUS else Check.LOAD_FAILED, str(exc))
 
 
 class JSONBody(Response):

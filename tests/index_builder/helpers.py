@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from index_builder.manifest import MANIFEST
+from index_builder.manifest import MANIFEST, seal_manifest
 
 
 def clone(source: Path, root: Path, version: str, **changes: object) -> Path:
@@ -15,7 +15,7 @@ def clone(source: Path, root: Path, version: str, **changes: object) -> Path:
     shutil.copytree(source, target)
     manifest = json.loads((target / MANIFEST).read_text())
     manifest.update({"version": version, **changes})
-    (target / MANIFEST).write_text(json.dumps(manifest))
+    (target / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))
     return target
 
 

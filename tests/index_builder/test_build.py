@@ -131,3 +131,9 @@ def test_build_options_are_validated() -> None:
         BuildOptions(target_recall=1.5)
     with pytest.raises(ValueError, match="keep"):
         BuildOptions(keep=0)
+
+
+def test_every_snapshot_file_gets_the_same_mode(built: tuple[Path, str]) -> None:
+    root, version = built
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (root / version).iterdir()}
+    assert len(set(modes.values())) == 1, modes

@@ -12,7 +12,7 @@ import pytest
 from index_builder.build import BuildOptions, build_snapshot
 from index_builder.catalogue import embed_items, load_catalogue, query_vectors
 from index_builder.indexes import exact_search
-from index_builder.manifest import MANIFEST, REQUIRED_FILES, new_version
+from index_builder.manifest import MANIFEST, REQUIRED_FILES, new_version, seal_manifest
 from index_builder.snapshot import (
     SnapshotInvalidError,
     SnapshotNotFoundError,
@@ -173,7 +173,7 @@ def test_bad_version_strings_are_refused_before_any_file_access(
 def test_unknown_version_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(SnapshotNotFoundError) as caught:
         load_snapshot(tmp_path, new_version())
-    assert caught.value.code == "not_found"
+    assert caught.value.code == "snapshot_not_found"
 
 
 def test_new_versions_match_the_pattern_and_sort_by_time() -> None:
@@ -209,7 +209,7 @@ def test_verify_reads_only_plain_file_names_from_the_manifest(
     folder = clone(source_root / source, tmp_path, version)
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["files"]["../escape"] = manifest["files"]["index.faiss"]
-    (folder / MANIFEST).write_text(json.dumps(manifest))
+    (folder / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))
     with pytest.raises(SnapshotInvalidError) as caught:
         verify_snapshot(folder)
     assert caught.value.code == "bad_manifest" and "../escape" in str(caught.value)

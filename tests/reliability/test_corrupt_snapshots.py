@@ -16,7 +16,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index_builder.manifest import file_sha256
+from index_builder.manifest import file_sha256, seal_manifest
+from tests.index_builder.test_contents import DAMAGE as CONTENT_DAMAGE
 from tests.reliability.conftest import ADMIN, Server
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def resum(folder: Path) -> None:
     for name in manifest["files"]:
         path = folder / name
         manifest["files"][name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
 
 
 def truncate_index(folder: Path) -> None:
@@ -63,6 +64,13 @@ def missing_manifest(folder: Path) -> None:
 def checksum_mismatch(folder: Path) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"]["items.safetensors"]["sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
+
+
+def edit_manifest(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["counts"]["users"] += 0  # unchanged, but written by hand without the seal
+    manifest["created"] = "2000-01-01T00:00:00+00:00"
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -80,6 +88,11 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing manifest": (missing_manifest, "missing_manifest"),
     "checksum mismatch": (checksum_mismatch, "checksum_mismatch"),
     "half-written folder": (half_written, "missing_manifest"),
+    "an edited manifest": (edit_manifest, "manifest_checksum_mismatch"),
+    **{  # right checksums, wrong contents
+        kind: (lambda folder, damage=damage: (damage(folder), resum(folder)), code)
+        for kind, (damage, code) in CONTENT_DAMAGE.items()
+    },
 }
 
 
@@ -88,12 +101,12 @@ def damaged_copies(root: Path, versions: dict[str, str], dest: Path) -> tuple[Pa
     shutil.copytree(root / versions["a"], dest / versions["a"])
     named = {}
     for n, (kind, (damage, _)) in enumerate(DAMAGE.items()):
-        version = f"20000101T0000{n:02d}Z-0000000{n}"
+        version = f"20000101T0000{n:02d}Z-{n:08x}"
         folder = dest / version
         shutil.copytree(root / versions["b"], folder)
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["version"] = version
-        (folder / "manifest.json").write_text(json.dumps(manifest))
+        (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
         damage(folder)
         named[kind] = version
     return dest, named

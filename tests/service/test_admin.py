@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from index_builder.manifest import seal_manifest
 from service.app import create_app
 from service.cache import LocalEmbeddingCache
 from tests.service.client import AppClient
@@ -168,7 +169,7 @@ def test_start_up_skips_a_snapshot_that_fails_to_load(
     root, (older, newer) = private
     manifest = json.loads((root / newer / "manifest.json").read_text())
     manifest["dim"] += 1  # consistent checksums, wrong contents
-    (root / newer / "manifest.json").write_text(json.dumps(manifest))
+    (root / newer / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     with app_client(root) as client:
         assert serving(client) == older
         response = client.post("/admin/reload", headers=admin, json={"version": newer})
