@@ -113,6 +113,11 @@ def new_version(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
+def version_time(version: str) -> datetime:
+    """The UTC time a version's name carries (``YYYYMMDDTHHMMSSZ``)."""
+    return datetime.strptime(version[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
 def check_version(version: str) -> str:
     """Return ``version`` if it matches VERSION_PATTERN; never touches the file system."""
     if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):

@@ -28,6 +28,7 @@ from index_builder.manifest import (
     check_version,
     new_version,
     verify_snapshot,
+    version_time,
 )
 from index_builder.store import SnapshotStatus, list_snapshots, newest_valid, prune, publish
 from index_builder.tables import ItemTable, UserTable, read_items, read_users
@@ -51,6 +52,7 @@ __all__ = [
     "prune",
     "publish",
     "verify_snapshot",
+    "version_time",
 ]
 log = logging.getLogger(__name__)
 

@@ -47,6 +47,9 @@ def _status(path: Path, verify: bool) -> SnapshotStatus:
     except SnapshotInvalidError as exc:
         kind = "incomplete" if exc.code == "missing_manifest" else "corrupt"
         return SnapshotStatus(path.name, path, kind, f"{exc.code}: {exc}")
+    except OSError as exc:  # unreadable (permissions, a folder where a file should be, I/O)
+        problem = f"unreadable: {exc.strerror or exc} ({exc.filename or path})"
+        return SnapshotStatus(path.name, path, "corrupt", problem)
     return SnapshotStatus(path.name, path, "valid", None, manifest)
 
 

@@ -9,6 +9,7 @@ snapshot, and closes the cache on shutdown. Handlers reach everything through
 from __future__ import annotations
 
 import gc
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import faiss
 import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import errors, fastpath
 from service.batcher import RecallBatcher
@@ -80,7 +82,9 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             torch.set_num_threads(threads[0])  # process-wide; give back what we found
             faiss.omp_set_num_threads(threads[1])
 
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(
+        **docs,  # type: ignore[arg-type]
         title="two-tower recall",
         summary="Top-K candidate items for a user from a two-tower model and a FAISS index",
         lifespan=lifespan,
@@ -99,6 +103,9 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         similar_route=routes[fastpath.SIMILAR_PATH],
         limits=settings.limits,
     )
+    keys = settings.api_key_set()
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys)  # before both /v1 entry points
     app.add_middleware(  # outermost: times everything, limits bodies for the fast path too
         RequestMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
     )
@@ -106,6 +113,36 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
     app.include_router(health.router(metrics))
     app.include_router(admin.router(settings))
     return app
+
+
+class ApiKeyMiddleware:
+    """Refuses /v1 requests without one of ``keys`` (401, or 403 for a wrong key)."""
+
+    def __init__(self, app: ASGIApp, keys: frozenset[bytes]):
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                given = value
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:]
+        if given is None:
+            response = errors.error_response(
+                "unauthorized",
+                "send an API key as `X-API-Key: <key>` or `Authorization: Bearer <key>`",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        elif not any(hmac.compare_digest(given, key) for key in self.keys):
+            response = errors.error_response("forbidden", "unknown API key")
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
 
 def app_from_env() -> FastAPI:

@@ -11,20 +11,43 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from index_builder.snapshot import (
+    Check,
     SnapshotError,
     check_version,
     list_snapshots,
     load_snapshot,
-    newest_valid,
+    version_time,
 )
 from service.engine import RecallEngine
 from service.errors import ServiceError
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+FUTURE_SLACK = timedelta(hours=1)  # clock skew between the builder and the service
+
+
+def candidates(root: Path, verify: bool = True) -> list[str]:
+    """Valid versions under ``root``, newest first, without those dated in the future (a
+    mistyped or forged name would otherwise win every default reload; logged)."""
+    now = datetime.now(UTC)
+    found = []
+    for status in list_snapshots(root, verify=verify):
+        if status.status != "valid":
+            log.warning("skipping snapshot %s: %s", status.version, status.problem)
+        elif version_time(status.version) > now + FUTURE_SLACK:
+            log.warning(
+                "skipping snapshot %s: dated in the future; reload it by version to serve it",
+                status.version,
+            )
+        else:
+            found.append(status.version)
+    return found
 
 
 @dataclass(frozen=True)
@@ -50,22 +73,19 @@ class SnapshotHolder:
         if engine is None:
             raise ServiceError(
                 "no_snapshot",
-                f"no snapshot loaded from {self.root}: build one with `recall build-index`, "
-                "then POST /admin/reload",
+                "no snapshot is loaded yet; an operator builds one (`recall build-index`) "
+                "and reloads (POST /admin/reload)",
             )
         return engine
 
     def load_newest(self) -> str | None:
         """Start-up: serve the newest snapshot that loads, skipping corrupt ones."""
         with self._lock:
-            for status in list_snapshots(self.root, verify=False):
-                if status.status != "valid":
-                    log.warning("skipping snapshot %s: %s", status.version, status.problem)
-                    continue
+            for version in candidates(self.root, verify=False):
                 try:
-                    engine = self._load(status.version)
+                    engine = self._load(version)
                 except ServiceError as exc:
-                    log.warning("skipping snapshot %s: %s", status.version, exc.message)
+                    log.warning("skipping snapshot %s: %s", version, exc.message)
                     continue
                 self._swap(engine)
                 return engine.version
@@ -73,14 +93,25 @@ class SnapshotHolder:
         return None
 
     def reload(self, version: str | None = None) -> Swap:
-        """Serve ``version`` (default: the newest valid one); blocking, call it off the loop."""
+        """Serve ``version`` (default: the newest snapshot that loads, see ``_reload_newest``);
+        blocking, call it off the loop."""
         with self._lock:
+            if version is None:
+                return self._reload_newest()
             try:
-                version = check_version(version) if version is not None else self._newest()
+                version = check_version(version)
             except SnapshotError as exc:
                 raise self._failed(ServiceError.from_snapshot(exc)) from exc
             current = self.current
             if current is not None and current.version == version:
+                if not (self.root / version).is_dir():
+                    raise self._failed(
+                        ServiceError(
+                            Check.NOT_FOUND,
+                            f"snapshot {version} is served from memory but its folder is gone "
+                            "from disk; reload another version",
+                        )
+                    )
                 return self._state(False, f"snapshot {version} is already being served")
             try:
                 engine = self._load(version)
@@ -88,6 +119,40 @@ class SnapshotHolder:
                 raise self._failed(exc) from exc
             self._swap(engine)
             return self._state(True, f"now serving {version}")
+
+    def _reload_newest(self) -> Swap:
+        """Newest first, the first valid snapshot that loads; one that fails to load is skipped
+        (named in the message), one dated in the future is never chosen by default. Stops at
+        the served version: no change then."""
+        skipped: list[str] = []
+        first_failure: ServiceError | None = None
+        current = self.current
+        for version in candidates(self.root):
+            if current is not None and version == current.version:
+                note = f"; skipped {', '.join(skipped)}" if skipped else ""
+                return self._state(False, f"snapshot {version} is already the newest{note}")
+            try:
+                engine = self._load(version)
+            except ServiceError as exc:
+                self._failed(exc)
+                first_failure = first_failure or exc
+                skipped.append(f"{version} ({exc.code})")
+                continue
+            self._swap(engine)
+            note = f" (skipped {', '.join(skipped)})" if skipped else ""
+            return self._state(True, f"now serving {version}{note}")
+        if first_failure is not None:
+            raise ServiceError(
+                first_failure.code,
+                f"no snapshot under the snapshots folder loads: {'; '.join(skipped)}; "
+                f"first failure: {first_failure.message}",
+            )
+        raise self._failed(
+            ServiceError(
+                Check.NOT_FOUND,
+                "no valid snapshot in the snapshots folder; build one with `recall build-index`",
+            )
+        )
 
     def rollback(self) -> Swap:
         """Serve the previous engine again (the current one becomes previous)."""
@@ -101,15 +166,6 @@ class SnapshotHolder:
                 )
             self._swap(target)
             return self._state(True, f"rolled back to {target.version}")
-
-    def _newest(self) -> str:
-        version = newest_valid(self.root)
-        if version is None:
-            raise ServiceError(
-                "snapshot_not_found",
-                f"no valid snapshot under {self.root}; build one with `recall build-index`",
-            )
-        return version
 
     def _load(self, version: str) -> RecallEngine:
         started = time.perf_counter()

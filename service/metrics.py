@@ -18,6 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
@@ -114,6 +115,9 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, watch)
+        except ClientDisconnect:  # the client went away mid-request: nothing to answer
+            status = 499
+            log.debug("client went away during %s %s", scope["method"], scope["path"])
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if started:

@@ -8,9 +8,11 @@ variable that says what to change.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -132,6 +134,10 @@ class Settings(BaseSettings):
     shutdown_drain_ms: int = Field(default=200, ge=0, le=60_000)
     shutdown_grace_s: int = Field(default=10, ge=1, le=600)
     admin_token: SecretStr | None = None
+    # Comma-separated keys the /v1 routes require (`Authorization: Bearer <key>` or
+    # `X-API-Key: <key>`); unset: the /v1 routes are open (callers on a trusted network).
+    api_keys: SecretStr | None = None
+    docs: bool = True  # /docs, /redoc and /openapi.json; false where callers are not trusted
     redis_url: SecretStr | None = None
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
@@ -151,6 +157,21 @@ class Settings(BaseSettings):
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return token
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_strong_enough(cls, keys: SecretStr | None) -> SecretStr | None:
+        if keys is None or keys.get_secret_value().strip() == "":
+            return None
+        if any(len(key.strip()) < 16 for key in keys.get_secret_value().split(",")):
+            raise ValueError("use keys of at least 16 characters each, separated by commas")
+        return keys
+
+    def api_key_set(self) -> frozenset[bytes]:
+        """The configured API keys as bytes (empty: the /v1 routes are open)."""
+        if self.api_keys is None:
+            return frozenset()
+        return frozenset(k.strip().encode() for k in self.api_keys.get_secret_value().split(","))
 
     @field_validator("redis_url")
     @classmethod
@@ -178,14 +199,25 @@ def load_settings(**overrides: Any) -> Settings:
     """
     known = {env_name((name,)) for name in Settings.model_fields} | OTHER_ENV
     groups = {name for name, field in Settings.model_fields.items() if _is_group(field.annotation)}
-    unknown = [
-        key
-        for key in os.environ
-        if key.startswith(ENV_PREFIX)
-        and key not in known
-        and not any(key.startswith(env_name((group,)) + "__") for group in groups)
+
+    def unknown(keys: Iterable[str]) -> list[str]:
+        return [
+            key
+            for key in keys
+            if key.upper().startswith(ENV_PREFIX)
+            and key.upper() not in known
+            and not any(key.upper().startswith(env_name((group,)) + "__") for group in groups)
+        ]
+
+    problems = [
+        f"{key}: not a setting; see .env.example for the names" for key in unknown(os.environ)
     ]
-    problems = [f"{key}: not a setting; see .env.example for the names" for key in unknown]
+    env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
+    if env_file.is_file():
+        problems += [
+            f"{key} (in {env_file}): not a setting; see .env.example for the names"
+            for key in unknown(dotenv_values(env_file))
+        ]
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

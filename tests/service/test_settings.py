@@ -104,3 +104,15 @@ def test_env_example_documents_every_setting_and_loads() -> None:
     assert documented_names() == setting_names()
     settings = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
     assert settings == load_settings()  # the example holds the defaults
+
+
+def test_a_typo_in_the_env_file_is_refused_like_one_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("RECALL_ADMN_TOKEN=0123456789abcdef0123\n")
+    with pytest.raises(SettingsInvalidError) as caught:
+        load_settings()
+    assert "RECALL_ADMN_TOKEN (in .env): not a setting" in str(caught.value)
+    (tmp_path / ".env").write_text("RECALL_ADMIN_TOKEN=0123456789abcdef0123\n")
+    assert load_settings().admin_token is not None
