@@ -201,6 +201,9 @@ class RecallBatcher:
             self._scheduled = False
         if not parts:
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("flush of %d requests (%d jobs), %.1f cost units left", size, len(parts),
+                      self._pending_cost)  # fmt: skip
         try:
             outcomes = self._answer(parts)
         except Exception:  # one job's request broke the batch: answer them one by one

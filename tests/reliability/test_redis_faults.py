@@ -1,4 +1,5 @@
-"""Redis killed, restarted empty, or paused under load: requests keep succeeding, quickly."""
+"""Redis killed, restarted empty, or paused under load: requests keep succeeding, and a paused
+Redis is cut off by the breaker (latency under these faults belongs in bench/)."""
 
 from __future__ import annotations
 
@@ -99,27 +100,37 @@ def test_redis_killed_mid_load_then_restarted_empty_fails_no_request(
         after = len(load.latencies_ms)
         wait_until(lambda: len(load.latencies_ms) > after + 50, 60, "requests after the restart")
     assert load.failures == []
-    assert max(load.latencies_ms) < 1000, sorted(load.latencies_ms)[-5:]
     assert "cache" in load.sources and "computed" in load.sources
 
 
-def test_redis_paused_holds_no_request_longer_than_250_ms(
+def cache_errors(server: Server) -> float:
+    with server.client() as client:
+        lines = client.get("/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines
+               if line.startswith("recall_cache_errors_total{"))  # fmt: skip
+
+
+def test_redis_paused_fails_no_request_and_the_breaker_stops_calling_it(
     disjoint: tuple[Path, dict[str, str]],
     serve: Callable[..., Server],
     own_redis: RedisProcess,
 ) -> None:
-    server = serve(disjoint[0], RECALL_REDIS_URL=own_redis.url)  # default timeouts and breaker
+    """A paused Redis answers nothing: each call waits out its socket timeout. After
+    ``breaker_failures`` of them the breaker opens and (cool-down far away) no request touches
+    Redis again, so the requests of the pause cost at most that many timeouts in all. How long
+    they take is measured in bench/, not asserted here."""
+    server = serve(disjoint[0], RECALL_REDIS_URL=own_redis.url,
+                   RECALL_REDIS__BREAKER_COOLDOWN_S="600")  # fmt: skip
     with Load(server).running() as load:
         wait_until(lambda: keys_in(own_redis) > 10, 30, "the cache to fill")
-        mark = len(load.latencies_ms)
+        assert cache_errors(server) == 0
         own_redis.pause()
         try:
-            paused_at = time.monotonic()
-            wait_until(lambda: time.monotonic() - paused_at > 3, 10, "3 s of paused Redis")
-            paused = load.since(mark)
+            mark = len(load.latencies_ms)
+            wait_until(lambda: len(load.latencies_ms) > mark + 200, 60, "requests while paused")
+            assert ready_cache(server) == "degraded"
+            errors = cache_errors(server)
         finally:
             own_redis.resume()
-        wait_until(lambda: len(load.latencies_ms) > len(paused) + mark + 50, 60, "more requests")
     assert load.failures == []
-    assert len(paused) >= 50
-    assert max(paused) <= 250, sorted(paused)[-5:]
+    assert 1 <= errors <= 5 + 2  # breaker_failures, and a write in flight beside the read

@@ -2,8 +2,9 @@
 
 To have requests reliably in flight when the signal lands, the server's Redis is paused with
 a 1 s socket timeout and no in-process first level: every batch of cache misses waits that
-long on Redis, so requests sent just before the signal are still inside the server when it
-lands. Each such request must be answered 200 after the signal, and the process must exit 0.
+long on Redis. The signal is sent once the server's debug log shows a batch started after the
+pause (so one is in flight), never after a fixed sleep. Each held request must be answered 200,
+and the process must exit 0.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(
     server = serve(disjoint[0], RECALL_REDIS_URL=own_redis.url,
                    RECALL_REDIS__SOCKET_TIMEOUT_MS="1000", RECALL_REDIS__RETRIES="0",
                    RECALL_REDIS__BREAKER_FAILURES="1000",
-                   RECALL_CACHE__LOCAL_MAX_ENTRIES="0")  # fmt: skip
+                   RECALL_CACHE__LOCAL_MAX_ENTRIES="0", RECALL_LOG_LEVEL="DEBUG")  # fmt: skip
     signalled = threading.Event()
     background: list[tuple[bool, str]] = []  # (sent after the signal, outcome)
 
@@ -63,16 +64,21 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(
     for thread in loaders:
         thread.start()
     wait_until(lambda: len(background) > 50, 60, "load before the signal")
+    offset = len(server.log.read_bytes())
     own_redis.pause()
     try:
         senders = [threading.Thread(target=send_one, args=(n,)) for n in range(HELD)]
         for thread in senders:
             thread.start()
-        time.sleep(0.4)  # sent and read; their batch waits on the paused Redis for 1 s
+        # read by the server: in flight, their batches waiting on the paused Redis
+        # a batch has started and waits on the paused Redis (1 s): the signal lands while it
+        # is in flight; held requests not read yet are read during the drain
+        wait_until(lambda: b"flush of" in server.log.read_bytes()[offset:], 60, "a batch")
         signalled.set()
         signal_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # the server stops accepting while the held requests wait on Redis
+        # the server has begun its shutdown while the held requests still wait on Redis
+        wait_until(lambda: "draining for" in server.log.read_text(), 60, "the shutdown to begin")
     finally:
         own_redis.resume()
     for thread in senders:
