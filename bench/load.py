@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -167,6 +168,18 @@ class Mixes:
                 item = rng.randint(1, self.items)
                 yield http_get(HOST, f"/v1/items/{item}/similar?k={k}"), self.check
 
+    def heavy(self, size: int = 64, k: int = 1000, excluded: int = 1000) -> Iterator[Request]:
+        """Batches of ``size`` warm users, each with ``k`` and ``excluded`` item ids left out."""
+        rng = self.rng
+        while True:
+            requests = [
+                {"user_id": rng.choice(self.warm_ids), "k": k,
+                 "exclude_item_ids": [str(rng.randint(1, self.items)) for _ in range(excluded)]}
+                for _ in range(size)
+            ]  # fmt: skip
+            body = json.dumps({"requests": requests}).encode()
+            yield http_post(HOST, "/v1/recall/batch", body), expect_items(size * k)
+
 
 def redis_pid(url: str) -> int | None:
     try:
@@ -197,6 +210,46 @@ def step(server: Server, rate: float, seconds: float, requests: Iterator[Request
         "server_cpu_ms": 1000 * cpu / done,
         "redis_cpu_ms": 1000 * redis_cpu / done if redis_cpu is not None else None,
         "client_cpu_ms": 1000 * result.client_cpu_s / done, "load1": load,
+        "refused": len(result.refused_ms),
+        "refused_p50": float(np.percentile(result.refused_ms, 50)) if len(result.refused_ms)
+        else None,
+        "refused_p99": float(np.percentile(result.refused_ms, 99)) if len(result.refused_ms)
+        else None,
+    }  # fmt: skip
+
+
+def overload_step(server: Server, mix: str, best: float, stream: Iterator[Request],
+                  redis_at: int | None, seconds: float) -> dict[str, Any]:  # fmt: skip
+    """One step at twice the highest passing rate: the admitted requests' latency and how
+    fast the rest were refused (503 ``overloaded``)."""
+    rate = 2 * best
+    return {**step(server, rate, seconds, stream, redis_at), "mix": f"{mix} 2x"}
+
+
+def heavy_step(server: Server, mixes: Mixes, rate: float, heavy_rate: float, seconds: float,
+               with_heavy: bool) -> dict[str, Any]:  # fmt: skip
+    """The warm mix at ``rate``, alone or beside a heavy client sending ``heavy_rate`` batches
+    a second of 64 requests with k=1000 and 1,000 excluded items each; the row reports the
+    warm requests (the heavy client's own answers are checked, not timed)."""
+
+    async def both() -> tuple[Any, Any]:
+        warm = run_step(HOST, server.port, rate, seconds, mixes.stream("warm"))
+        if not with_heavy:
+            return await warm, None
+        heavy = run_step(HOST, server.port, heavy_rate, seconds, mixes.heavy(), max_connections=8)
+        return await asyncio.gather(warm, heavy)
+
+    cpu = server.cpu_s()
+    warm, heavy = asyncio.run(both())
+    cpu = server.cpu_s() - cpu
+    return {
+        "service": server.name, "mix": "warm + heavy" if with_heavy else "warm alone",
+        "rate": rate, "achieved": round(warm.achieved, 1), "p50": warm.percentile(50),
+        "p99": warm.percentile(99), "max": float(warm.latencies_ms.max()) if warm.ok else None,
+        "errors": warm.n_errors, "error_kinds": warm.errors,
+        "heavy_batches": heavy.ok if heavy else 0,
+        "heavy_errors": heavy.errors if heavy else {},
+        "server_cpu_s": cpu,
     }  # fmt: skip
 
 
@@ -256,6 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-users", type=int, default=20_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for ours")
+    parser.add_argument(
+        "--overload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after each of ours' sweeps, a step at twice its best rate",
+    )
+    parser.add_argument(
+        "--heavy-rate",
+        type=float,
+        default=2.0,
+        help="heavy batches/s beside the warm mix (0: no heavy-client step)",
+    )
+    parser.add_argument("--heavy-base", type=float, default=1000.0,
+                        help="the warm mix's rate in the heavy-client step")  # fmt: skip
     args = parser.parse_args(argv)
     snapshots = ensure(args.work, 200_000, 1_000_000)
     root, version = snapshots["ivf"]
@@ -305,6 +372,22 @@ def main(argv: list[str] | None = None) -> int:
                 results["best"].setdefault(mix, {})[name] = best
                 if cut:
                     results.setdefault("lower_bounds", []).append([mix, name])
+                if name == "ours" and args.overload and best and not cut:
+                    seconds = min(args.seconds, args.max_step_requests / (2 * best))
+                    row = overload_step(server, mix, best, stream, redis_at, seconds)
+                    print(fmt(row) + f"  refused {row['refused']} "
+                          f"(p50 {row['refused_p50']} ms, p99 {row['refused_p99']} ms)",
+                          flush=True)  # fmt: skip
+                    results.setdefault("overload", []).append(row)
+            if name == "ours" and args.heavy_rate > 0:
+                for with_heavy in (False, True, False, True):
+                    row = heavy_step(server, mixes, args.heavy_base, args.heavy_rate,
+                                     args.seconds, with_heavy)  # fmt: skip
+                    print(f"{row['mix']:14} {row['rate']:6.0f}/s  p50 {row['p50']:6.2f}  "
+                          f"p99 {row['p99']:6.2f}  max {row['max']}  errors {row['errors']}  "
+                          f"heavy batches {row['heavy_batches']} {row['heavy_errors']}",
+                          flush=True)  # fmt: skip
+                    results.setdefault("heavy", []).append(row)
         finally:
             server.stop()
     cleanup(args.redis_url, prefix)

@@ -33,6 +33,7 @@ class StepResult:
     errors: dict[str, int] = field(default_factory=dict)
     client_cpu_s: float = 0.0
     short: int = 0  # answered with fewer than k items (counted in ok)
+    refused_ms: np.ndarray = field(default_factory=lambda: np.empty(0))  # [503s] latencies
 
     @property
     def ok(self) -> int:
@@ -116,6 +117,7 @@ class _Client:
         self.opened = 0
         self.backlog: deque[tuple[float, Request]] = deque()
         self.latencies: list[float] = []
+        self.refused: list[float] = []  # latencies of 503 answers (admission refusals)
         self.errors: dict[str, int] = {}
         self.outstanding = 0
         self.short = 0
@@ -174,6 +176,8 @@ class _Client:
             self.short += error is not None
         else:
             self.errors[error] = self.errors.get(error, 0) + 1
+            if error == "http 503":
+                self.refused.append((now - scheduled) * 1000)
         self.outstanding -= 1
         if self.outstanding == 0 and self.all_done is not None and not self.all_done.done():
             self.all_done.set_result(None)
@@ -225,6 +229,7 @@ async def run_step(
         latencies_ms=np.array(client.latencies, dtype=np.float64),
         errors=client.errors,
         short=client.short,
+        refused_ms=np.array(client.refused, dtype=np.float64),
         client_cpu_s=(used.user - cpu.user) + (used.system - cpu.system),
     )
 

@@ -44,6 +44,7 @@ from service.schemas import RecallRequest
 from service.settings import BatchSettings
 
 log = logging.getLogger(__name__)
+PREPARE_IDS = 2048  # ids (exclusions, history) of a batch checked between yields to the loop
 UNIT_ITEMS = 200  # items fetched and answered that cost one unit (a k=100 request: 0.5 + 0.5)
 
 
@@ -107,7 +108,16 @@ class RecallBatcher:
         """One response body (``batch``: a list of them, one per request). Raises
         ServiceError for a request the snapshot cannot answer, or ``overloaded``."""
         started = self.clock()
-        prepared = self.recaller.prepare_all(engine, requests, started, batch)
+        prepared: list[Prepared] = []
+        at, ids = 0, 0
+        for end, request in enumerate(requests, start=1):  # a big batch lets the loop breathe
+            ids += len(request.exclude_item_ids or ()) + len(request.history or ()) + 1
+            if ids >= PREPARE_IDS or end == len(requests):
+                chunk = requests[at:end]
+                prepared += self.recaller.prepare_all(engine, chunk, started, batch, offset=at)
+                at, ids = end, 0
+                if end < len(requests):
+                    await asyncio.sleep(0)
         costs = [cost(p.request.k, len(p.excluded)) for p in prepared]
         return await self._submit(
             _Job(engine, self._future(), started, prepared=prepared, batch=batch, costs=costs)

@@ -87,10 +87,12 @@ class Recaller:
         requests: Sequence[RecallRequest],
         started: float,
         batch: bool = False,
+        offset: int = 0,
     ) -> list[Prepared]:
-        """Resolve every request; a ServiceError names the field (``body.requests.3.``)."""
+        """Resolve every request; a ServiceError names the field (``body.requests.3.``;
+        ``offset``: the position of ``requests[0]`` in the batch)."""
         prepared = []
-        for position, request in enumerate(requests):
+        for position, request in enumerate(requests, start=offset):
             try:
                 query = engine.resolve(request)
                 item_filter = engine.item_filter(request.filter)
@@ -176,9 +178,7 @@ class Recaller:
     def _excluded(engine: RecallEngine, request: RecallRequest, query: UserQuery) -> np.ndarray:
         rows = [query.seen] if request.exclude_seen else []
         if request.exclude_item_ids:
-            item_row = engine.snapshot.item_row
-            extra = [item_row[i] for i in request.exclude_item_ids if i in item_row]
-            rows.append(np.array(extra, dtype=np.int64))
+            rows.append(engine.item_rows(request.exclude_item_ids))
         return np.unique(np.concatenate(rows)) if rows else np.empty(0, dtype=np.int64)
 
     @staticmethod

@@ -93,7 +93,7 @@ class BatchSettings(BaseModel):
     max_wait_ms: float = Field(default=0.0, ge=0.0, le=50.0, description="wait to fill a batch")
     # Admission (service.batcher.cost: a k=100 request with nothing excluded costs 1 unit).
     max_flush_cost: float = Field(
-        default=48.0, ge=1.0, description="cost units answered per pass; bigger jobs in parts"
+        default=24.0, ge=1.0, description="cost units answered per pass; bigger jobs in parts"
     )
     max_queued_cost: float = Field(
         default=64.0, ge=1.0, description="cost a new request may wait behind; past it 503"

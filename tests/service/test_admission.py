@@ -207,3 +207,12 @@ def test_a_light_request_next_to_a_heavy_one_fetches_only_what_it_needs(
     found = spied.search(vectors, [10, 300], [empty, empty], [None, None])
     assert sizes[:2] == [(1, 128), (1, 512)]  # not both at the heavy request's 300
     assert len(found[0].rows) == 10
+
+
+def test_long_id_lists_map_to_the_same_rows_as_the_dict(engine: RecallEngine) -> None:
+    ids = [str(i) for i in engine.snapshot.item_ids.tolist()]
+    asked = ids[::-1] + ["no-such-item", "x" * 300, ids[3] + "\0", ""] + ids[:5]
+    rows = engine.item_rows(asked)
+    expected = [engine.snapshot.item_row[i] for i in asked if i in engine.snapshot.item_row]
+    assert rows.tolist() == expected
+    assert engine.item_rows(asked[:10]).tolist() == expected[:10]  # the short (dict) path
