@@ -24,6 +24,7 @@ from index_builder.indexes import HNSW_EF_CONSTRUCTION, IndexPlan, build_index, 
 from index_builder.manifest import (
     ARTIFACT_FILES,
     FORMAT_VERSION,
+    INDEX,
     METRIC,
     new_version,
     write_manifest,
@@ -34,7 +35,6 @@ from index_builder.tuning import Tuning, measure_latency, tune
 from models.artifact import Artifact, load_artifact
 
 log = logging.getLogger(__name__)
-INDEX = "index.faiss"
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,14 @@ ARTIFACT_FILES = (
     "metrics.json",
     "training.json",
 )
-SNAPSHOT_FILES = ("index.faiss", "items.safetensors", "items.json", "users.safetensors")
+# The one table of a snapshot's file names (index_builder.tables and .build write them).
+INDEX, ITEMS, ITEMS_JSON, USERS = (
+    "index.faiss",
+    "items.safetensors",
+    "items.json",
+    "users.safetensors",
+)
+SNAPSHOT_FILES = (INDEX, ITEMS, ITEMS_JSON, USERS)
 REQUIRED_FILES = ARTIFACT_FILES + SNAPSHOT_FILES
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

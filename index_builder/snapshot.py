@@ -18,7 +18,10 @@ import numpy as np
 
 from index_builder.indexes import apply_params
 from index_builder.manifest import (
+    INDEX,
+    MANIFEST,
     METRIC,
+    USERS,
     VERSION_PATTERN,
     Check,
     SnapshotError,
@@ -124,7 +127,7 @@ def check_contents(
     labels = _labels(index)
     if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= n_items):
         raise _invalid(
-            path / "index.faiss",
+            path / INDEX,
             f"index labels {int(labels.min())}..{int(labels.max())} fall outside the "
             f"{n_items} items",
             Check.INDEX_LABELS,
@@ -141,7 +144,7 @@ def check_contents(
         if len(bad):
             row = start + int(bad[0])
             raise _invalid(
-                path / "index.faiss",
+                path / INDEX,
                 f"{len(bad)} item vectors from row {row} (item {items.item_ids[row]!r}) are not "
                 f"finite unit vectors (norm {norms[bad[0]]:.4g})",
                 Check.ITEM_VECTORS,
@@ -159,7 +162,7 @@ def check_contents(
     for name, values in users.features.items():
         if name not in by_name or len(values) != n_users:
             raise _invalid(
-                path / "users.safetensors",
+                path / USERS,
                 f"feature.{name} has {len(values)} rows for {n_users} users or is not a feature "
                 "of the user tower",
                 Check.USER_TABLE,
@@ -169,7 +172,7 @@ def check_contents(
                            spec_u.cardinality(by_name[name], vocab)))  # fmt: skip
     offsets = users.seen_offsets
     if len(offsets) and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)):
-        raise _invalid(path / "users.safetensors", "seen.offsets is not a CSR", Check.USER_TABLE)
+        raise _invalid(path / USERS, "seen.offsets is not a CSR", Check.USER_TABLE)
     for name, values, size in ranges:
         if values.size and (values.min() < 0 or values.max() >= size):
             raise _invalid(
@@ -215,19 +218,19 @@ def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
     except (ArtifactInvalidError, KeyError, ValueError, RuntimeError) as exc:
         message = f"the model files do not load ({exc})"
         raise _invalid(path, message, Check.ARTIFACT_UNREADABLE) from exc
-    index = _read_index(path / "index.faiss", manifest["index"]["params"])
+    index = _read_index(path / INDEX, manifest["index"]["params"])
     try:
         items, users = read_items(path), read_users(path)
     except (KeyError, ValueError, OSError) as exc:
         message = f"item or user table unreadable ({exc})"
         raise _invalid(path, message, Check.TABLE_UNREADABLE) from exc
-    dims = {"index.faiss": index.d, "manifest.json": manifest["dim"]}
+    dims = {INDEX: index.d, MANIFEST: manifest["dim"]}
     dims["config.json"] = artifact.config.model.dim
     if len(set(dims.values())) != 1:
         raise _invalid(path, f"vector dims disagree {dims}", Check.DIM_MISMATCH)
     if manifest.get("metric") != METRIC or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise _invalid(
-            path / "index.faiss",
+            path / INDEX,
             f"metric is {manifest.get('metric')!r} / faiss {index.metric_type}, expected {METRIC}",
             Check.METRIC_MISMATCH,
         )

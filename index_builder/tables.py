@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-ITEMS, ITEMS_JSON, USERS = "items.safetensors", "items.json", "users.safetensors"
+from index_builder.manifest import ITEMS, ITEMS_JSON, USERS  # noqa: E402
 
 
 def _as_other_files(path: Path) -> None:

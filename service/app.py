@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import errors, fastpath
 from service.batcher import RecallBatcher
 from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
+from service.errors import Code
 from service.holder import SnapshotHolder
 from service.metrics import Metrics, RequestMiddleware
 from service.recaller import Recaller
@@ -133,12 +134,12 @@ class ApiKeyMiddleware:
                 given = value[7:]
         if given is None:
             response = errors.error_response(
-                "unauthorized",
+                Code.UNAUTHORIZED,
                 "send an API key as `X-API-Key: <key>` or `Authorization: Bearer <key>`",
                 {"WWW-Authenticate": "Bearer"},
             )
         elif not any(hmac.compare_digest(given, key) for key in self.keys):
-            response = errors.error_response("forbidden", "unknown API key")
+            response = errors.error_response(Code.FORBIDDEN, "unknown API key")
         else:
             await self.app(scope, receive, send)
             return

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from service.engine import RecallEngine
-from service.errors import ServiceError
+from service.errors import Code, ServiceError
 from service.metrics import Metrics
 from service.recaller import Prepared, Recaller
 from service.schemas import RecallRequest
@@ -165,7 +165,7 @@ class RecallBatcher:
             return
         self.metrics.shed.inc(len(job.costs))
         raise ServiceError(
-            "overloaded",
+            Code.OVERLOADED,
             f"the service is over capacity ({reason}); retry after the Retry-After seconds",
             headers={"Retry-After": str(settings.retry_after_s)},
         )
@@ -231,7 +231,7 @@ class RecallBatcher:
             if error is not None:
                 if not isinstance(error, ServiceError):
                     log.error("request failed: %r", error, exc_info=error)
-                    error = ServiceError("internal", "internal error; see the service log")
+                    error = ServiceError(Code.INTERNAL, "internal error; see the service log")
                 if job in self._pending:  # a part failed: the rest is not answered
                     self._pending.remove(job)
                     self._forget(job)

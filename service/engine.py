@@ -1,5 +1,8 @@
 """RecallEngine: one loaded snapshot, ready to embed users, search, filter and over-fetch.
 
+The engine owns what an answer leaves out: exclusions (``excluded``), filters
+(``item_filter``) and their application in ``search``.
+
 An engine never changes after construction; a reload builds a new one and swaps it in
 (``service.holder``), so a request that took an engine finishes on it.
 """
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index_builder.snapshot import LoadedSnapshot
-from service.errors import ServiceError
+from service.errors import Code, ServiceError
 from service.schemas import RecallRequest
 from service.users import UserEncoder, UserQuery
 
@@ -64,6 +67,14 @@ class RecallEngine:
         """Unit user vectors ``[len(queries), dim]`` float32."""
         return self.users.embed(queries)
 
+    def excluded(self, request: RecallRequest, query: UserQuery) -> np.ndarray:
+        """Sorted unique item rows left out of the answer: the user's seen items (unless
+        ``exclude_seen`` is false) and the request's ``exclude_item_ids`` in the catalogue."""
+        rows = [query.seen] if request.exclude_seen else []
+        if request.exclude_item_ids:
+            rows.append(self.item_rows(request.exclude_item_ids))
+        return np.unique(np.concatenate(rows)) if rows else np.empty(0, dtype=np.int64)
+
     def item_rows(self, ids: Sequence[str]) -> np.ndarray:
         """Rows of the ``ids`` that are in the catalogue, in their order; unknown ids dropped.
 
@@ -92,14 +103,14 @@ class RecallEngine:
             column = attributes.get(name)
             if column is None:
                 raise ServiceError(
-                    "unknown_filter",
+                    Code.UNKNOWN_FILTER,
                     f"filter.{name}: not a filterable attribute; use one of {sorted(attributes)}",
                 )
             vocab = self.snapshot.artifact.item_spec.vocabs.get(name, {})
             tokens = [vocab[value] for value in values if value in vocab]
             if not tokens:
                 raise ServiceError(
-                    "unknown_filter",
+                    Code.UNKNOWN_FILTER,
                     f"filter.{name}: no item has any of {list(values)}; values are "
                     "case-sensitive, e.g. 'Comedy'",
                 )
@@ -207,7 +218,9 @@ class RecallEngine:
         """The row of ``item_id``; ServiceError ``not_found`` (404) when it is not indexed."""
         row = self.snapshot.item_row.get(item_id)
         if row is None:
-            raise ServiceError("not_found", f"item {item_id!r} is not in snapshot {self.version}")
+            raise ServiceError(
+                Code.NOT_FOUND, f"item {item_id!r} is not in snapshot {self.version}"
+            )
         return row
 
     def similar(self, item_id: str, k: int) -> Candidates:

@@ -8,6 +8,7 @@ handlers that turn FastAPI's own errors into that shape. Unexpected exceptions a
 from __future__ import annotations
 
 import http
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -20,30 +21,59 @@ from index_builder.snapshot import Check, SnapshotError
 
 # Every snapshot check (index_builder.manifest.Check): a reload that fails one answers 409.
 SNAPSHOT_CHECKS = tuple(check.value for check in Check if check is not Check.BAD_VERSION)
+
+
+class Code(StrEnum):
+    """The service's own error codes (snapshot checks are ``Check``)."""
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    ADMIN_DISABLED = "admin_disabled"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
+    NO_PREVIOUS_SNAPSHOT = "no_previous_snapshot"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    URI_TOO_LONG = "uri_too_long"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    VALIDATION_ERROR = "validation_error"
+    UNKNOWN_FEATURE = "unknown_feature"
+    UNKNOWN_FILTER = "unknown_filter"
+    HEADER_TOO_LARGE = "header_too_large"
+    HTTP_ERROR = "http_error"
+    INTERNAL = "internal"
+    NO_SNAPSHOT = "no_snapshot"
+    OVERLOADED = "overloaded"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    SHUTTING_DOWN = "shutting_down"
+
+
+# The one table of codes to HTTP statuses.
 STATUS: dict[str, int] = {
-    "bad_request": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "admin_disabled": 403,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "no_previous_snapshot": 409,
+    Code.BAD_REQUEST: 400,
+    Code.HTTP_ERROR: 400,
+    Code.UNAUTHORIZED: 401,
+    Code.FORBIDDEN: 403,
+    Code.ADMIN_DISABLED: 403,
+    Code.NOT_FOUND: 404,
+    Code.METHOD_NOT_ALLOWED: 405,
+    Code.REQUEST_TIMEOUT: 408,
+    Code.NO_PREVIOUS_SNAPSHOT: 409,
     **dict.fromkeys(SNAPSHOT_CHECKS, 409),
-    "request_timeout": 408,
-    "payload_too_large": 413,
-    "uri_too_long": 414,
-    "unsupported_media_type": 415,
-    "validation_error": 422,
-    "header_too_large": 431,
-    "unknown_feature": 422,
-    "unknown_filter": 422,
-    "bad_version": 422,
-    "http_error": 400,
-    "internal": 500,
-    "no_snapshot": 503,
-    "overloaded": 503,
-    "too_many_connections": 503,
-    "shutting_down": 503,
+    Code.PAYLOAD_TOO_LARGE: 413,
+    Code.URI_TOO_LONG: 414,
+    Code.UNSUPPORTED_MEDIA_TYPE: 415,
+    Code.VALIDATION_ERROR: 422,
+    Code.UNKNOWN_FEATURE: 422,
+    Code.UNKNOWN_FILTER: 422,
+    Check.BAD_VERSION: 422,
+    Code.HEADER_TOO_LARGE: 431,
+    Code.INTERNAL: 500,
+    Code.NO_SNAPSHOT: 503,
+    Code.OVERLOADED: 503,
+    Code.TOO_MANY_CONNECTIONS: 503,
+    Code.SHUTTING_DOWN: 503,
 }
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large",
@@ -55,7 +85,8 @@ class ServiceError(Exception):
     """An error with a code from ``STATUS``; the status follows from the code."""
 
     def __init__(self, code: str, message: str, headers: dict[str, str] | None = None):
-        assert code in STATUS, f"unregistered error code {code!r}"
+        if code not in STATUS:
+            raise ValueError(f"unregistered error code {code!r}; add it to Code and STATUS")
         super().__init__(message)
         self.code, self.message, self.headers = code, message, headers
 

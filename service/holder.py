@@ -23,7 +23,7 @@ from index_builder.snapshot import (
     version_time,
 )
 from service.engine import RecallEngine
-from service.errors import ServiceError
+from service.errors import Code, ServiceError
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class SnapshotHolder:
         engine = self.current
         if engine is None:
             raise ServiceError(
-                "no_snapshot",
+                Code.NO_SNAPSHOT,
                 "no snapshot is loaded yet; an operator builds one (`recall build-index`) "
                 "and reloads (POST /admin/reload)",
             )
@@ -161,7 +161,8 @@ class SnapshotHolder:
             if target is None:
                 raise self._failed(
                     ServiceError(
-                        "no_previous_snapshot", "nothing to roll back to: no snapshot was replaced"
+                        Code.NO_PREVIOUS_SNAPSHOT,
+                        "nothing to roll back to: no snapshot was replaced",
                     )
                 )
             self._swap(target)
@@ -175,14 +176,16 @@ class SnapshotHolder:
             raise ServiceError.from_snapshot(exc) from exc
         except Exception as exc:
             log.exception("loading snapshot %s failed", version)
-            raise ServiceError("load_failed", f"snapshot {version} failed to load: {exc}") from exc
+            raise ServiceError(
+                Check.LOAD_FAILED, f"snapshot {version} failed to load: {exc}"
+            ) from exc
         engine = RecallEngine(snapshot)
         try:
             engine.warm_up()
         except Exception as exc:
             log.exception("warming up snapshot %s failed", version)
             raise ServiceError(
-                "warmup_failed", f"snapshot {version} failed warm-up: {exc}"
+                Check.WARMUP_FAILED, f"snapshot {version} failed warm-up: {exc}"
             ) from exc
         log.info("snapshot %s loaded in %.2fs", version, time.perf_counter() - started)
         return engine

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.errors import Code, error_response
 
 log = logging.getLogger(__name__)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -99,7 +99,7 @@ class RequestMiddleware:
         if limit is not None and scope["method"] not in ("GET", "HEAD"):
             length = _content_length(scope)
             if length is not None and length > limit:
-                await error_response("payload_too_large", too_large)(scope, receive, send)
+                await error_response(Code.PAYLOAD_TOO_LARGE, too_large)(scope, receive, send)
                 self.metrics.request_seconds.labels(scope["method"], "unmatched", "413").observe(
                     time.perf_counter() - start
                 )
@@ -122,7 +122,7 @@ class RequestMiddleware:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            await error_response("internal", "internal error; see the service log")(
+            await error_response(Code.INTERNAL, "internal error; see the service log")(
                 scope, receive, watch
             )
         finally:

@@ -31,7 +31,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.errors import STATUS, error_bytes
+from service.errors import STATUS, Code, error_bytes
 from service.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.cap and not self._evict_one():
-            self._refuse("too_many_connections", f"the server holds {self.cap} connections")
+            self._refuse(Code.TOO_MANY_CONNECTIONS, f"the server holds {self.cap} connections")
             return
         self._arm(self.limits.header_timeout_s, "the request head")
 
@@ -109,7 +109,7 @@ class GuardedProtocol(HttpToolsProtocol):
             oldest._disarm()
             oldest.transport.close()
         else:  # still sending its head
-            oldest._refuse("too_many_connections", "closed to make room for a new connection")
+            oldest._refuse(Code.TOO_MANY_CONNECTIONS, "closed to make room for a new connection")
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -128,11 +128,11 @@ class GuardedProtocol(HttpToolsProtocol):
         super().data_received(data)
         head_limit = self.limits.max_url_bytes + self.limits.max_header_bytes
         if self._in_head and not self._refused and self._head_bytes > head_limit:
-            self._refuse("header_too_large", self._header_message())
+            self._refuse(Code.HEADER_TOO_LARGE, self._header_message())
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
-            self._refuse("bad_request", msg)
+            self._refuse(Code.BAD_REQUEST, msg)
 
     # --- parser callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -144,7 +144,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > self.limits.max_url_bytes:
-            self._refuse("uri_too_long", self._url_message())
+            self._refuse(Code.URI_TOO_LONG, self._url_message())
             raise _Refused
 
     def on_headers_complete(self) -> None:
@@ -152,7 +152,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._disarm()
         size = sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.limits.max_header_bytes:
-            self._refuse("header_too_large", self._header_message())
+            self._refuse(Code.HEADER_TOO_LARGE, self._header_message())
             raise _Refused
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.more_body:
@@ -171,7 +171,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not cycle.response_started:
-            self._refuse("shutting_down", "the server is shutting down; send the request again")
+            self._refuse(Code.SHUTTING_DOWN, "the server is shutting down; send the request again")
             cycle.disconnected = True
             cycle.message_event.set()
             return
@@ -197,7 +197,7 @@ class GuardedProtocol(HttpToolsProtocol):
             if not self.transport.is_closing():
                 self.transport.close()
             return
-        self._refuse("request_timeout", f"{what} did not arrive within {seconds:g} s")
+        self._refuse(Code.REQUEST_TIMEOUT, f"{what} did not arrive within {seconds:g} s")
         if cycle is not None:
             cycle.disconnected = True
             cycle.message_event.set()

@@ -99,7 +99,7 @@ class Recaller:
             except ServiceError as exc:
                 where = f"body.requests.{position}." if batch else "body."
                 raise ServiceError(exc.code, where + exc.message) from exc
-            excluded = self._excluded(engine, request, query)
+            excluded = engine.excluded(request, query)
             prepared.append(Prepared(request, query, item_filter, excluded, started))
         return prepared
 
@@ -173,13 +173,6 @@ class Recaller:
             fresh = {keys[i]: seal(keys[i], computed[j]) for j, i in enumerate(missing)}
             self.cache.set_many(fresh, self.settings.ttl_s)
         return vectors, sources
-
-    @staticmethod
-    def _excluded(engine: RecallEngine, request: RecallRequest, query: UserQuery) -> np.ndarray:
-        rows = [query.seen] if request.exclude_seen else []
-        if request.exclude_item_ids:
-            rows.append(engine.item_rows(request.exclude_item_ids))
-        return np.unique(np.concatenate(rows)) if rows else np.empty(0, dtype=np.int64)
 
     @staticmethod
     def _explain(

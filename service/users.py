@@ -18,7 +18,7 @@ from index_builder.snapshot import LoadedSnapshot
 from models.encoding import id_feature
 from models.inputs import FeatureTable, Ragged, history_tokens
 from models.towers import FrozenTower
-from service.errors import ServiceError
+from service.errors import Code, ServiceError
 from service.schemas import RecallRequest
 
 
@@ -90,7 +90,7 @@ class UserEncoder:
         history = sorted(set(sent) & set(self.history_names))
         if history:
             raise ServiceError(
-                "unknown_feature",
+                Code.UNKNOWN_FEATURE,
                 f"features.{history[0]}: history is not a feature value; send item ids in the "
                 "top-level `history` list",
             )
@@ -99,7 +99,7 @@ class UserEncoder:
         except KeyError as exc:
             unknown = sorted(set(sent) - set(self.profile_names))
             raise ServiceError(
-                "unknown_feature",
+                Code.UNKNOWN_FEATURE,
                 f"features.{unknown[0] if unknown else ''}: {exc.args[0]}",
             ) from exc
 

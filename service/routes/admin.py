@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from starlette.concurrency import run_in_threadpool
 
 from index_builder.snapshot import list_snapshots
-from service.errors import JSONBody, ServiceError
+from service.errors import Code, JSONBody, ServiceError
 from service.holder import Swap
 from service.schemas import (
     ErrorBody,
@@ -35,17 +35,17 @@ def router(settings: Settings) -> APIRouter:
     async def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:
             raise ServiceError(
-                "admin_disabled", "admin routes are off: set RECALL_ADMIN_TOKEN to enable them"
+                Code.ADMIN_DISABLED, "admin routes are off: set RECALL_ADMIN_TOKEN to enable them"
             )
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise ServiceError(
-                "unauthorized",
+                Code.UNAUTHORIZED,
                 "send the admin token as `Authorization: Bearer <RECALL_ADMIN_TOKEN>`",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-            raise ServiceError("forbidden", "wrong admin token")
+            raise ServiceError(Code.FORBIDDEN, "wrong admin token")
 
     api = APIRouter(
         prefix="/admin",
