@@ -100,10 +100,10 @@ def _build(args: argparse.Namespace) -> int:
     except (SnapshotError, ArtifactInvalidError, FileNotFoundError, ValueError) as exc:
         return _fail(f"build failed: {exc}")
     manifest = read_manifest(args.snapshots / version)
-    index, tuning = manifest["index"], manifest["tuning"]
+    index, tuning = manifest.index, manifest.tuning
     print(
-        f"published snapshot {version} in {args.snapshots}: {index['type']} {index['params']} "
-        f"recall@{tuning['k']} {tuning['recall']:.4f} p50 {manifest['latency_ms']['p50']:.3f} ms"
+        f"published snapshot {version} in {args.snapshots}: {index.type} {index.params} "
+        f"recall@{tuning['k']} {tuning['recall']:.4f} p50 {manifest.latency_ms['p50']:.3f} ms"
     )
     if not tuning["target_reached"]:
         print(f"warning: recall target {tuning['target_recall']} not reached", file=sys.stderr)
@@ -129,10 +129,10 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'version':27} {'status':10} {'items':>10} {'index':9} {'recall':>7}  problem")
     for s in statuses:
-        manifest = s.manifest or {}
-        items = manifest.get("counts", {}).get("items", "-")
-        kind = manifest.get("index", {}).get("type", "-")
-        recall = manifest.get("tuning", {}).get("recall")
+        manifest = s.manifest
+        items = manifest.counts.items if manifest else "-"
+        kind = manifest.index.type if manifest else "-"
+        recall = manifest.tuning.get("recall") if manifest else None
         recall_text = f"{recall:.4f}" if isinstance(recall, float) else "-"
         problem = s.problem or ""
         print(f"{s.version:27} {s.status:10} {items!s:>10} {kind:9} {recall_text:>7}  {problem}")
@@ -149,7 +149,7 @@ def _show(args: argparse.Namespace) -> int:
         manifest = read_manifest(path)
     except SnapshotError as exc:
         return _fail(f"{exc} [{exc.code}]")
-    print(json.dumps(manifest, indent=2, sort_keys=True))
+    print(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
     return 0
 
 
@@ -163,5 +163,5 @@ def _verify(args: argparse.Namespace) -> int:
         manifest = verify_snapshot(path)
     except SnapshotError as exc:
         return _fail(f"{exc} [{exc.code}]")
-    print(f"{args.version}: valid ({len(manifest['files'])} files checked)")
+    print(f"{args.version}: valid ({len(manifest.files)} files checked)")
     return 0

@@ -28,7 +28,9 @@ import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 FORMAT_VERSION = 2  # 2: manifest_sha256; 1 (no checksum of the manifest) still loads
 READABLE_FORMATS = (1, 2)
@@ -155,7 +157,7 @@ def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**body, MANIFEST_SHA256: manifest_digest(body)}
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Manifest:
     """Checksum every file in ``folder``, then write ``manifest.json`` last (fsynced),
     covered by its own checksum."""
     files = {
@@ -164,14 +166,15 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         if path.is_file() and path.name != MANIFEST
     }
     manifest = seal_manifest({**manifest, "format_version": FORMAT_VERSION, "files": files})
+    parsed = Manifest.model_validate(manifest)  # a builder bug fails here, before the write
     with open(folder / MANIFEST, "w") as handle:
         handle.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    return manifest
+    return parsed
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> Manifest:
     """Parse and shape-check ``path/manifest.json`` (files are not opened)."""
     manifest_path = path / MANIFEST
     try:
@@ -193,50 +196,95 @@ def read_manifest(path: Path) -> dict[str, Any]:
             "corrupted); rebuild the snapshot",
             Check.MANIFEST_CHECKSUM,
         )
-    problem = _manifest_problem(manifest, path.name)
-    if problem:
+    parsed = _parse_manifest(manifest, path.name)
+    if isinstance(parsed, str):
         raise SnapshotInvalidError(
-            f"{manifest_path}: {problem}; rebuild the snapshot", "bad_manifest"
+            f"{manifest_path}: {parsed}; rebuild the snapshot", Check.BAD_MANIFEST
         )
+    return parsed
+
+
+class Counts(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    items: int = Field(ge=0)
+    users: int = Field(ge=0)
+    seen_interactions: int = Field(ge=0)
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sha256: str = Field(pattern=_SHA256.pattern)
+    bytes: int = Field(ge=0)
+
+
+class IndexInfo(BaseModel):
+    """What the builder chose (``index_builder.indexes.IndexPlan``) and its tuned params."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: str
+    factory: str = ""
+    params: dict[str, Any]
+    reason: str = ""
+    build_params: dict[str, Any] = Field(default_factory=dict)
+    nlist: int = 0
+    refine: Any = ""  # the refine stage's factory, empty without one
+    estimated_bytes: int = 0
+    memory_budget_bytes: int | None = None
+
+
+class Manifest(BaseModel):
+    """``manifest.json``, typed (layout in the module docstring); ``read_manifest`` parses it."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format_version: Literal[1, 2]
+    version: str
+    created: str | None = None
+    source: dict[str, Any] = Field(default_factory=dict)
+    dim: int = Field(ge=1)
+    metric: str
+    counts: Counts
+    index: IndexInfo
+    tuning: dict[str, Any] = Field(default_factory=dict)
+    latency_ms: dict[str, Any] = Field(default_factory=dict)
+    offline_metrics: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, FileEntry]
+    manifest_sha256: str | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _plain_and_complete(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for name in files:
+            if "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST:
+                raise ValueError(f"file name {name!r} is not a plain file name")
+        missing = [name for name in REQUIRED_FILES if name not in files]
+        if missing:
+            raise ValueError(f"does not list {missing}")
+        return files
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _parse_manifest(raw: Any, folder_name: str) -> Manifest | str:
+    """The manifest, or the first problem with it."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"]) or "manifest"
+        return f"{where}: {err['msg']}"
+    if manifest.version != folder_name:
+        return f"version {manifest.version!r} does not match the folder name"
     return manifest
 
 
-def _manifest_problem(manifest: Any, folder_name: str) -> str | None:
-    if not isinstance(manifest, dict):
-        return "not a JSON object"
-    if manifest.get("format_version") not in READABLE_FORMATS:
-        return f"format_version {manifest.get('format_version')!r} is not one of {READABLE_FORMATS}"
-    if manifest.get("version") != folder_name:
-        return f"version {manifest.get('version')!r} does not match the folder name"
-    counts = manifest.get("counts")
-    if not isinstance(manifest.get("dim"), int) or not isinstance(counts, dict):
-        return "dim or counts missing"
-    if not all(isinstance(counts.get(key), int) for key in ("items", "users", "seen_interactions")):
-        return "counts must hold integer items, users and seen_interactions"
-    if not isinstance(manifest.get("index"), dict) or not isinstance(
-        manifest["index"].get("params"), dict
-    ):
-        return "index.params missing"
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        return "files missing"
-    missing = [name for name in REQUIRED_FILES if name not in files]
-    if missing:
-        return f"files does not list {missing}"
-    for name, entry in files.items():
-        if "/" in name or "\\" in name or name.startswith(".") or name == MANIFEST:
-            return f"file name {name!r} is not a plain file name"
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("bytes"), int)
-            and isinstance(entry.get("sha256"), str)
-            and _SHA256.fullmatch(entry["sha256"])
-        ):
-            return f"files[{name!r}] needs integer bytes and a sha256 hex digest"
-    return None
-
-
-def verify_snapshot(path: Path, checksums: bool = True) -> dict[str, Any]:
+def verify_snapshot(path: Path, checksums: bool = True) -> Manifest:
     """Check the manifest, then every listed file's size and (if ``checksums``) sha256.
 
     Returns the manifest; raises SnapshotInvalidError naming the first bad file.
@@ -244,7 +292,7 @@ def verify_snapshot(path: Path, checksums: bool = True) -> dict[str, Any]:
     path = Path(path)
     check_version(path.name)
     manifest = read_manifest(path)
-    for name, entry in manifest["files"].items():
+    for name, entry in manifest.files.items():
         file_path = path / name
         try:
             size = file_path.stat().st_size
@@ -253,13 +301,13 @@ def verify_snapshot(path: Path, checksums: bool = True) -> dict[str, Any]:
                 f"{file_path}: missing file listed in the manifest; rebuild the snapshot",
                 Check.MISSING_FILE,
             ) from exc
-        if size != entry["bytes"]:
+        if size != entry.bytes:
             raise SnapshotInvalidError(
-                f"{file_path}: {size} bytes, manifest says {entry['bytes']} (truncated or "
+                f"{file_path}: {size} bytes, manifest says {entry.bytes} (truncated or "
                 "changed); rebuild the snapshot",
                 Check.SIZE_MISMATCH,
             )
-        if checksums and file_sha256(file_path) != entry["sha256"]:
+        if checksums and file_sha256(file_path) != entry.sha256:
             raise SnapshotInvalidError(
                 f"{file_path}: sha256 does not match the manifest (corrupted); rebuild the "
                 "snapshot",

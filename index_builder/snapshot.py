@@ -24,6 +24,7 @@ from index_builder.manifest import (
     USERS,
     VERSION_PATTERN,
     Check,
+    Manifest,
     SnapshotError,
     SnapshotExistsError,
     SnapshotInvalidError,
@@ -42,6 +43,7 @@ __all__ = [
     "VERSION_PATTERN",
     "Check",
     "LoadedSnapshot",
+    "Manifest",
     "SnapshotError",
     "SnapshotExistsError",
     "SnapshotInvalidError",
@@ -65,7 +67,7 @@ class LoadedSnapshot:
     """One verified snapshot in memory; rows index ``item_ids`` / ``user_row`` values."""
 
     version: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     artifact: Artifact
     index: faiss.Index  # search parameters from the manifest applied
     item_ids: np.ndarray  # [I] object (str)
@@ -108,7 +110,7 @@ VECTOR_BLOCK = 65_536  # item vectors reconstructed at a time by the content che
 
 def check_contents(
     path: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     artifact: Artifact,
     index: faiss.Index,
     items: ItemTable,
@@ -132,9 +134,7 @@ def check_contents(
             f"{n_items} items",
             Check.INDEX_LABELS,
         )
-    quantised = "PQ" in str(manifest["index"].get("factory", "")) and not manifest["index"].get(
-        "refine"
-    )
+    quantised = "PQ" in manifest.index.factory and not manifest.index.refine
     tolerance = 0.25 if quantised else 1e-3
     for start in range(0, index.ntotal, VECTOR_BLOCK):
         block = index.reconstruct_n(start, min(VECTOR_BLOCK, index.ntotal - start))
@@ -218,23 +218,23 @@ def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
     except (ArtifactInvalidError, KeyError, ValueError, RuntimeError) as exc:
         message = f"the model files do not load ({exc})"
         raise _invalid(path, message, Check.ARTIFACT_UNREADABLE) from exc
-    index = _read_index(path / INDEX, manifest["index"]["params"])
+    index = _read_index(path / INDEX, manifest.index.params)
     try:
         items, users = read_items(path), read_users(path)
     except (KeyError, ValueError, OSError) as exc:
         message = f"item or user table unreadable ({exc})"
         raise _invalid(path, message, Check.TABLE_UNREADABLE) from exc
-    dims = {INDEX: index.d, MANIFEST: manifest["dim"]}
+    dims = {INDEX: index.d, MANIFEST: manifest.dim}
     dims["config.json"] = artifact.config.model.dim
     if len(set(dims.values())) != 1:
         raise _invalid(path, f"vector dims disagree {dims}", Check.DIM_MISMATCH)
-    if manifest.get("metric") != METRIC or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+    if manifest.metric != METRIC or index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise _invalid(
             path / INDEX,
-            f"metric is {manifest.get('metric')!r} / faiss {index.metric_type}, expected {METRIC}",
+            f"metric is {manifest.metric!r} / faiss {index.metric_type}, expected {METRIC}",
             Check.METRIC_MISMATCH,
         )
-    counts = manifest["counts"]
+    counts = manifest.counts.model_dump()
     found = {
         "items": {index.ntotal, len(items.item_ids), len(items.item_tokens), len(items.popularity)}
         | {len(values) for values in items.attributes.values()},

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from index_builder.manifest import (
     VERSION_PATTERN,
+    Manifest,
     SnapshotExistsError,
     SnapshotInvalidError,
     check_version,
@@ -38,7 +38,7 @@ class SnapshotStatus:
     path: Path
     status: str
     problem: str | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
 
 
 def _status(path: Path, verify: bool) -> SnapshotStatus:
@@ -66,7 +66,7 @@ def list_snapshots(root: Path, verify: bool = True) -> list[SnapshotStatus]:
     ]
 
     def order(status: SnapshotStatus) -> tuple[str, str, str]:
-        created = str((status.manifest or {}).get("created", ""))
+        created = str(status.manifest.created or "") if status.manifest else ""
         return status.version[:16], created, status.version
 
     return sorted(found, key=order, reverse=True)

@@ -72,7 +72,7 @@ def router(settings: Settings) -> APIRouter:
                         "status": s.status,
                         "problem": s.problem,
                         "serving": serving.get(s.version),
-                        "created": (s.manifest or {}).get("created"),
+                        "created": s.manifest.created if s.manifest else None,
                     }
                     for s in found
                 ]

@@ -66,7 +66,7 @@ def test_two_builds_from_one_artifact_give_bitwise_identical_item_vectors(
     )
     np.testing.assert_array_equal(vectors_a.view(np.uint32), vectors_b.view(np.uint32))
     for name in ("items.safetensors", "users.safetensors", "model.safetensors", "index.faiss"):
-        assert a.manifest["files"][name] == b.manifest["files"][name]
+        assert a.manifest.files[name] == b.manifest.files[name]
 
 
 def fabricate(source: Path, root: Path, count: int) -> list[str]:

@@ -69,14 +69,14 @@ def test_item_ids_users_and_seen_items_round_trip(
 def test_manifest_describes_the_build(built: tuple[Path, str]) -> None:
     root, version = built
     manifest = load_snapshot(root, version).manifest
-    assert manifest["version"] == version and manifest["metric"] == "inner_product"
-    assert manifest["dim"] == 8
-    assert manifest["counts"] == {"items": 200, "users": 50, "seen_interactions": 1950}
-    assert manifest["index"]["type"] == "flat" and "200 items" in manifest["index"]["reason"]
-    assert manifest["tuning"]["recall"] == 1.0 and manifest["tuning"]["target_reached"]
-    assert {"p50", "p99"} <= manifest["latency_ms"].keys()
-    assert "two-tower" in manifest["offline_metrics"]["test"]
-    assert set(manifest["files"]) == set(REQUIRED_FILES)
+    assert manifest.version == version and manifest.metric == "inner_product"
+    assert manifest.dim == 8 and manifest.format_version == 2 and manifest.manifest_sha256
+    assert manifest.counts.model_dump() == {"items": 200, "users": 50, "seen_interactions": 1950}
+    assert manifest.index.type == "flat" and "200 items" in manifest.index.reason
+    assert manifest.tuning["recall"] == 1.0 and manifest.tuning["target_reached"]
+    assert {"p50", "p99"} <= manifest.latency_ms.keys()
+    assert "two-tower" in manifest.offline_metrics["test"]
+    assert set(manifest.files) == set(REQUIRED_FILES)
     assert {p.name for p in (root / version).iterdir()} == set(REQUIRED_FILES) | {MANIFEST}
 
 
@@ -223,9 +223,9 @@ def test_every_index_kind_loads_with_its_tuned_parameters_and_reconstructs_items
         index=kind, k=10, tuning_users=50, progress=False, hnsw_ef_construction=40
     )
     snapshot = load_snapshot(tmp_path, build_snapshot(tiny_artifact, tmp_path, options))
-    assert snapshot.manifest["index"]["type"] == kind
-    built_with = snapshot.manifest["index"]["build_params"]
-    params = snapshot.manifest["index"]["params"]
+    assert snapshot.manifest.index.type == kind
+    built_with = snapshot.manifest.index.build_params
+    params = snapshot.manifest.index.params
     ivf = faiss.try_extract_index_ivf(snapshot.index)
     if kind == "hnsw":
         assert faiss.downcast_index(snapshot.index).hnsw.efSearch == params["efSearch"]
