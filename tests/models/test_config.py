@@ -125,7 +125,7 @@ def test_auto_sampler_is_popularity_only_for_the_corrected_loss(
 
 def test_split_tables_change_training_knobs_under_their_split_only() -> None:
     config = load_config(ML100K_CONFIG)
-    table = {"teacher": "ease", "teacher_weight": 0.5, "patience": 8}
+    table = {"teacher": "ease", "teacher_weight": 0.5, "patience": 8, "epochs": 60}
     assert config.split_train == {"random-811": table}
     assert config.train.teacher == "none"
     random = config.for_split("random-811")
@@ -139,7 +139,8 @@ def test_split_tables_change_training_knobs_under_their_split_only() -> None:
 
 def test_split_tables_survive_the_artifact_round_trip() -> None:
     raw = load_config(ML100K_CONFIG).to_dict()
-    assert raw["train"]["random-811"] == {"teacher": "ease", "teacher_weight": 0.5, "patience": 8}
+    table = {"teacher": "ease", "teacher_weight": 0.5, "patience": 8, "epochs": 60}
+    assert raw["train"]["random-811"] == table
     applied = load_config(ML100K_CONFIG).for_split("random-811").to_dict()
     assert applied["train"]["teacher"] == "ease" and "random-811" not in applied["train"]
 
