@@ -149,22 +149,36 @@ class RecallBatcher:
                 loop.call_soon(self._flush)
         return await job.future
 
+    def refusal(self, now: float | None = None) -> ServiceError | None:
+        """``overloaded`` when a one-unit request would not fit the queue, else None: the check the
+        fast paths make before reading and parsing a body, so overload is refused for the cost
+        of an HTTP head (``_admit`` checks each job's own cost after)."""
+        return self._overloaded(1.0, 1.0, self.clock() if now is None else now, 1)  # one unit
+
     def _admit(self, job: _Job) -> None:
         """Refuse ``job`` with 503 when the queue is past its cost or its age bound."""
+        ahead = job.ahead(self.settings.max_flush_cost)
+        refused = self._overloaded(ahead, job.queued_cost, job.started, len(job.costs))
+        if refused is not None:
+            raise refused
+
+    def _overloaded(
+        self, ahead: float, cost: float, now: float, requests: int
+    ) -> ServiceError | None:
         if not self._pending:
-            return  # an idle batcher takes any job the limits let through
+            return None  # an idle batcher takes any job the limits let through
         settings = self.settings
-        waited_ms = (job.started - self._pending[0].waiting) * 1000
-        if self._ahead + job.ahead(settings.max_flush_cost) > settings.max_queued_cost:
+        waited_ms = (now - self._pending[0].waiting) * 1000
+        if self._ahead + ahead > settings.max_queued_cost:
             reason = f"{self._ahead:.0f} cost units are queued ahead"
-        elif self._pending_cost + job.queued_cost > settings.max_pending_cost:
+        elif self._pending_cost + cost > settings.max_pending_cost:
             reason = f"{self._pending_cost:.0f} cost units are queued"
         elif waited_ms > settings.shed_after_ms:
             reason = f"the oldest queued request has waited {waited_ms:.0f} ms"
         else:
-            return
-        self.metrics.shed.inc(len(job.costs))
-        raise ServiceError(
+            return None
+        self.metrics.shed.inc(requests)
+        return ServiceError(
             Code.OVERLOADED,
             f"the service is over capacity ({reason}); retry after the Retry-After seconds",
             headers={"Retry-After": str(settings.retry_after_s)},

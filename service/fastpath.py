@@ -58,6 +58,8 @@ class RecallFastPath:
         if not (scope["path"] == PATH and scope["method"] == "POST" and _is_json(scope)):
             await self.app(scope, receive, send)
             return
+        if await _refused(scope, receive, send):
+            return
         try:
             body = await _read(receive)
         except HTTPException as exc:  # e.g. 413 from the body limit
@@ -80,6 +82,8 @@ class RecallFastPath:
         k = self._k(scope["query_string"])
         if match is None or k is None or len(match[1]) > self.limits.max_string_length:
             await self.app(scope, receive, send)  # FastAPI answers (404, 422, ...)
+            return
+        if await _refused(scope, receive, send):
             return
         scope["route"] = self.similar_route
         item_id = match[1]
@@ -112,6 +116,15 @@ async def _answer(
     except ServiceError as exc:
         response = error_response(exc.code, exc.message, exc.headers)
     await response(scope, receive, send)
+
+
+async def _refused(scope: Scope, receive: Receive, send: Send) -> bool:
+    """Answer 503 ``overloaded`` before the body is read when the batcher is past a bound."""
+    refusal = scope["state"]["services"].batcher.refusal()
+    if refusal is None:
+        return False
+    await error_response(refusal.code, refusal.message, refusal.headers)(scope, receive, send)
+    return True
 
 
 def _is_json(scope: Scope) -> bool:

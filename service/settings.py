@@ -102,7 +102,7 @@ class BatchSettings(BaseModel):
         default=2048.0, ge=1.0, description="cost units queued at most; past it 503 overloaded"
     )
     shed_after_ms: float = Field(
-        default=100.0, gt=0.0, le=10_000.0, description="503 while the oldest queued job waited"
+        default=50.0, gt=0.0, le=10_000.0, description="503 while the oldest queued job waited"
     )
     retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of a 503")
 

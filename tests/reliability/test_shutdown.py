@@ -30,10 +30,16 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(
     serve: Callable[..., Server],
     own_redis: RedisProcess,
 ) -> None:
-    server = serve(disjoint[0], RECALL_REDIS_URL=own_redis.url,
-                   RECALL_REDIS__SOCKET_TIMEOUT_MS="1000", RECALL_REDIS__RETRIES="0",
-                   RECALL_REDIS__BREAKER_FAILURES="1000",
-                   RECALL_CACHE__LOCAL_MAX_ENTRIES="0", RECALL_LOG_LEVEL="DEBUG")  # fmt: skip
+    server = serve(
+        disjoint[0],
+        RECALL_REDIS_URL=own_redis.url,
+        RECALL_REDIS__SOCKET_TIMEOUT_MS="1000",
+        RECALL_REDIS__RETRIES="0",
+        RECALL_REDIS__BREAKER_FAILURES="1000",
+        RECALL_CACHE__LOCAL_MAX_ENTRIES="0",
+        RECALL_LOG_LEVEL="DEBUG",
+        RECALL_BATCH__SHED_AFTER_MS="10000",
+    )  # batches wait 1 s here: no shedding
     signalled = threading.Event()
     background: list[tuple[bool, str]] = []  # (sent after the signal, outcome)
 

@@ -216,3 +216,26 @@ def test_long_id_lists_map_to_the_same_rows_as_the_dict(engine: RecallEngine) ->
     expected = [engine.snapshot.item_row[i] for i in asked if i in engine.snapshot.item_row]
     assert rows.tolist() == expected
     assert engine.item_rows(asked[:10]).tolist() == expected[:10]  # the short (dict) path
+
+
+def test_refusal_before_the_body_is_read_follows_the_queue(engine: RecallEngine) -> None:
+    batcher, metrics = make(max_queued_cost=2.0)
+    seen: list[object] = []
+
+    async def run() -> list[Any]:
+        calls = [
+            batcher.recall(engine, [RecallRequest(user_id=str(u), exclude_seen=False)])
+            for u in (1, 2, 3)
+        ]
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        await asyncio.sleep(0)  # all three queued (the third refused); the flush comes next
+        seen.append(batcher.refusal())
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+        seen.append(batcher.refusal())  # drained
+        return answers
+
+    answers = asyncio.run(run())
+    assert sum(isinstance(a, dict) for a in answers) == 2
+    refused, drained = seen
+    assert isinstance(refused, ServiceError) and refused.code == "overloaded"
+    assert drained is None
