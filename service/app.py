@@ -102,6 +102,8 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         schema=schemas[0],
         route=routes[fastpath.PATH],
         similar_route=routes[fastpath.SIMILAR_PATH],
+        batch_schema=schemas[1],
+        batch_route=routes[fastpath.BATCH_PATH],
         limits=settings.limits,
     )
     keys = settings.api_key_set()

@@ -1,7 +1,9 @@
-"""The two hot routes without FastAPI's per-request machinery, for requests that validate.
+"""The hot routes without FastAPI's per-request machinery, for requests that validate.
 
 ``POST /v1/recall``: a JSON body is parsed and validated exactly as FastAPI would
-(``json.loads``, then the route's own pydantic schema). ``GET /v1/items/{item_id}/similar``:
+(``json.loads``, then the route's own pydantic schema). ``POST /v1/recall/batch``: the same
+with pydantic's JSON parser (``model_validate_json``: a big batch costs the event loop about
+half as long). ``GET /v1/items/{item_id}/similar``:
 the path parameter and a ``k`` query parameter are checked against the same limits as the
 route's. Valid requests go to the batcher, are rendered with orjson, and their route is
 recorded in the scope for the metrics. Anything else, another route, another content type,
@@ -25,10 +27,11 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import JSONBody, ServiceError, error_response, http_error_response
-from service.schemas import RecallRequest
+from service.schemas import BatchRecallRequest, RecallRequest
 from service.settings import Limits
 
 PATH = "/v1/recall"
+BATCH_PATH = "/v1/recall/batch"
 SIMILAR_PATH = "/v1/items/{item_id}/similar"
 _SIMILAR = re.compile(r"/v1/items/([^/]+)/similar")
 _DIGITS = re.compile(r"[0-9]{1,9}")
@@ -44,9 +47,12 @@ class RecallFastPath:
         route: BaseRoute,
         similar_route: BaseRoute,
         limits: Limits,
+        batch_schema: type[BatchRecallRequest],
+        batch_route: BaseRoute,
     ):
         self.app, self.schema, self.route = app, schema, route
         self.similar_route, self.limits = similar_route, limits
+        self.batch_schema, self.batch_route = batch_schema, batch_route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or "state" not in scope:
@@ -55,7 +61,8 @@ class RecallFastPath:
         if scope["method"] == "GET" and scope["path"].endswith("/similar"):
             await self._similar(scope, receive, send)
             return
-        if not (scope["path"] == PATH and scope["method"] == "POST" and _is_json(scope)):
+        path = scope["path"]
+        if not (path in (PATH, BATCH_PATH) and scope["method"] == "POST" and _is_json(scope)):
             await self.app(scope, receive, send)
             return
         if await _refused(scope, receive, send):
@@ -68,14 +75,25 @@ class RecallFastPath:
         if body is None:  # the client went away
             return
         try:
-            request = self.schema.model_validate(json.loads(body))
+            if path == PATH:
+                request = self.schema.model_validate(json.loads(body))
+            else:  # pydantic's own JSON parser: a 600 kB batch in one pass, half the time
+                batch = self.batch_schema.model_validate_json(body)
         except (ValueError, ValidationError, RecursionError):  # FastAPI answers these
             await self.app(scope, _replay(body, receive), send)
             return
-        scope["route"] = self.route
-        await _answer(
-            scope, receive, send, lambda batcher, engine: batcher.recall(engine, [request])
-        )
+        if path == PATH:
+            scope["route"] = self.route
+            await _answer(
+                scope, receive, send, lambda batcher, engine: batcher.recall(engine, [request])
+            )
+            return
+        scope["route"] = self.batch_route
+
+        async def answer_batch(batcher: Any, engine: Any) -> Any:
+            return {"results": await batcher.recall(engine, batch.requests, True)}
+
+        await _answer(scope, receive, send, answer_batch)
 
     async def _similar(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _SIMILAR.fullmatch(scope["path"])

@@ -63,3 +63,29 @@ def test_every_answer_matches_its_response_schema(client: AppClient) -> None:
         RecallResponse.model_validate(client.post("/v1/recall", json=body).json())
     similar = client.get("/v1/items/1/similar?k=3")
     SimilarResponse.model_validate(similar.json())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"requests": BODIES},
+        {"requests": []},
+        {"requests": [{"k": 0}]},
+        {"requests": [{"user_id": "1"}, {"features": {"gender": "\ud800"}}]},
+        {"requests": [{"user_id": "1"}, {"features": {"shoe_size": 1}}]},
+    ],  # fmt: skip
+)
+def test_batch_fast_path_and_route_agree(client: AppClient, body: dict) -> None:
+    text = json.dumps(body)
+    fast = client.post("/v1/recall/batch", content=text, headers=FAST)
+    route = client.post("/v1/recall/batch", content=text, headers=ROUTE)
+    assert fast.status_code == route.status_code
+    if fast.status_code != 200:
+        assert fast.json() == route.json()
+        return
+    for answer in (fast.json(), route.json()):
+        BatchRecallResponse.model_validate(answer)
+    strip = [{k: v for k, v in r.items() if k not in ("took_ms", "user")}
+             for r in fast.json()["results"]]  # fmt: skip
+    assert strip == [{k: v for k, v in r.items() if k not in ("took_ms", "user")}
+                     for r in route.json()["results"]]  # fmt: skip

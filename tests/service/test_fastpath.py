@@ -23,7 +23,7 @@ def fast_path(**limits: Any) -> RecallFastPath:
         raise AssertionError("unexpected call")
 
     route: Any = None
-    return RecallFastPath(app, Any, route, route, Limits(**limits))  # type: ignore[arg-type]
+    return RecallFastPath(app, Any, route, route, Limits(**limits), Any, route)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
