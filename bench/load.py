@@ -232,11 +232,18 @@ def heavy_step(server: Server, mixes: Mixes, rate: float, heavy_rate: float, sec
     a second of 64 requests with k=1000 and 1,000 excluded items each; the row reports the
     warm requests (the heavy client's own answers are checked, not timed)."""
 
+    # Both streams rendered before either clock starts: rendering the heavy bodies (~30 ms
+    # each) inside a running step would stall the generator and delay the warm sends.
+    warm_requests = [next(mixes.stream("warm")) for _ in range(int(rate * seconds) + 1)]
+    heavy_stream = mixes.heavy()
+    heavy_requests = [next(heavy_stream) for _ in range(int(heavy_rate * seconds) + 1)]
+
     async def both() -> tuple[Any, Any]:
-        warm = run_step(HOST, server.port, rate, seconds, mixes.stream("warm"))
+        warm = run_step(HOST, server.port, rate, seconds, iter(warm_requests))
         if not with_heavy:
             return await warm, None
-        heavy = run_step(HOST, server.port, heavy_rate, seconds, mixes.heavy(), max_connections=8)
+        heavy = run_step(HOST, server.port, heavy_rate, seconds, iter(heavy_requests),
+                         max_connections=8)  # fmt: skip
         return await asyncio.gather(warm, heavy)
 
     cpu = server.cpu_s()
