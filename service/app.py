@@ -76,7 +76,11 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             gc.freeze()
             recaller = Recaller(opened, metrics, settings.cache)
             batcher = RecallBatcher(recaller, settings.batch, metrics)
-            yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
+            batcher.watch_loop()
+            try:
+                yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
+            finally:
+                batcher.stop()
         finally:
             gc.unfreeze()  # give the collector back what start-up froze (tests run many apps)
             opened.close()
