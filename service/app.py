@@ -76,11 +76,7 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             gc.freeze()
             recaller = Recaller(opened, metrics, settings.cache)
             batcher = RecallBatcher(recaller, settings.batch, metrics)
-            batcher.watch_loop()
-            try:
-                yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
-            finally:
-                batcher.stop()
+            yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
         finally:
             gc.unfreeze()  # give the collector back what start-up froze (tests run many apps)
             opened.close()

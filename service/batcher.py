@@ -9,9 +9,6 @@ with nothing excluded; k and exclusions add to it), and a request is refused wit
 ``max_queued_cost`` (its wait), all queued cost would pass ``max_pending_cost``, or the
 oldest queued job has waited ``shed_after_ms``. Overload then costs the loop a parse and a
 short answer per request instead of an ever longer queue. An idle batcher admits any job.
-Before a body is read, ``refusal`` also sheds while the event loop runs more than
-``shed_lag_ms`` late (``watch_loop``): past that point the worker's core is full, and every
-request it admits only lengthens the queue in front of the socket.
 
 The first job of a pass schedules a flush for the next pass (``loop.call_soon``;
 ``max_wait_ms`` > 0 waits that long instead), so every request the loop parsed meanwhile
@@ -48,8 +45,6 @@ from service.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 PREPARE_IDS = 2048  # ids (exclusions, history) of a batch checked between yields to the loop
-LAG_PERIOD_S = 0.005  # the loop-lag timer's period
-LAG_DECAY = 0.5  # a lag measured once counts half as much at each later tick
 UNIT_ITEMS = 200  # items fetched and answered that cost one unit (a k=100 request: 0.5 + 0.5)
 
 
@@ -101,9 +96,6 @@ class RecallBatcher:
         self._pending_cost = 0.0  # all queued cost
         self._ahead = 0.0  # cost a request queued now would wait for (Job.ahead summed)
         self._scheduled = False
-        self._lag_ms = 0.0
-        self.ticks = 0  # loop-lag measurements so far
-        self._lag_handle: asyncio.TimerHandle | None = None
 
     @property
     def pending_cost(self) -> float:
@@ -157,36 +149,10 @@ class RecallBatcher:
                 loop.call_soon(self._flush)
         return await job.future
 
-    def watch_loop(self, period_s: float = LAG_PERIOD_S) -> None:
-        """Measure the event loop's lag (how late a timer every ``period_s`` runs) from now on;
-        ``refusal`` sheds while it is past ``shed_lag_ms``. Call on the loop; ``stop`` ends it."""
-        loop = asyncio.get_running_loop()
-
-        def tick(expected: float) -> None:
-            now = loop.time()
-            self._lag_ms = max((now - expected) * 1000, self._lag_ms * LAG_DECAY)
-            self.ticks += 1
-            self.metrics.loop_lag.set(self._lag_ms / 1000)
-            self._lag_handle = loop.call_at(now + period_s, tick, now + period_s)
-
-        self._lag_handle = loop.call_at(loop.time() + period_s, tick, loop.time() + period_s)
-
-    def stop(self) -> None:
-        if self._lag_handle is not None:
-            self._lag_handle.cancel()
-            self._lag_handle = None
-
-    @property
-    def lag_ms(self) -> float:
-        return self._lag_ms
-
     def refusal(self, now: float | None = None) -> ServiceError | None:
         """``overloaded`` when a one-unit request would not fit the queue, else None: the check the
         fast paths make before reading and parsing a body, so overload is refused for the cost
         of an HTTP head (``_admit`` checks each job's own cost after)."""
-        if self._lag_ms > self.settings.shed_lag_ms:
-            self.metrics.shed.inc()
-            return self._refuse(f"the event loop is {self._lag_ms:.0f} ms behind")
         return self._overloaded(1.0, 1.0, self.clock() if now is None else now, 1)  # one unit
 
     def _admit(self, job: _Job) -> None:
@@ -212,13 +178,10 @@ class RecallBatcher:
         else:
             return None
         self.metrics.shed.inc(requests)
-        return self._refuse(reason)
-
-    def _refuse(self, reason: str) -> ServiceError:
         return ServiceError(
             Code.OVERLOADED,
             f"the service is over capacity ({reason}); retry after the Retry-After seconds",
-            headers={"Retry-After": str(self.settings.retry_after_s)},
+            headers={"Retry-After": str(settings.retry_after_s)},
         )
 
     def _enqueue(self, job: _Job) -> None:

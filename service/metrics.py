@@ -61,10 +61,6 @@ class Metrics:
             "recall_batch_size", "Requests answered together by one batch worker pass",
             buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
-        self.loop_lag = Gauge(
-            "recall_event_loop_lag_seconds", "How late the event loop runs a 5 ms timer (decayed)",
-            registry=r,
-        )  # fmt: skip
         self.shed = Counter(
             "recall_shed_requests", "Requests refused with 503 overloaded (admission)", registry=r
         )

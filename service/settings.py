@@ -104,9 +104,6 @@ class BatchSettings(BaseModel):
     shed_after_ms: float = Field(
         default=50.0, gt=0.0, le=10_000.0, description="503 while the oldest queued job waited"
     )
-    shed_lag_ms: float = Field(
-        default=10.0, gt=0.0, le=10_000.0, description="503 while the event loop runs this late"
-    )
     retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of a 503")
 
 

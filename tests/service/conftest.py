@@ -33,11 +33,10 @@ def newest(snapshots: tuple[Path, list[str]]) -> LoadedSnapshot:
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
     """Test settings: no .env file, admin token set, in-process cache unless overridden."""
-    # No refusal by queue age or loop lag: in-process requests are slow, and a test must not
-    # depend on it (tests/service/test_admission.py tests both on their own).
-    calm = {"shed_after_ms": 10_000.0, "shed_lag_ms": 10_000.0}
+    # No refusal by queue age: in-process requests are slow, and a test must not depend on it
+    # (tests/service/test_admission.py sets it with a clock of its own).
     values: dict[str, Any] = {"snapshots": root, "admin_token": ADMIN_TOKEN, "redis_url": None,
-                              "batch": calm}  # fmt: skip
+                              "batch": {"shed_after_ms": 10_000.0}}  # fmt: skip
     return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
 
 
