@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from index_builder.manifest import MANIFEST, seal_manifest
+from index_builder.manifest import MANIFEST, file_sha256, seal_manifest
 
 
 def clone(source: Path, root: Path, version: str, **changes: object) -> Path:
@@ -23,3 +23,12 @@ def flip_byte(path: Path, offset: int = -1) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def resum(folder: Path) -> None:
+    """Re-checksum every file and re-seal the manifest: only the contents are wrong."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for name in manifest["files"]:
+        path = folder / name
+        manifest["files"][name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    (folder / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))

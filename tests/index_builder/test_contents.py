@@ -12,24 +12,22 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from index_builder.manifest import MANIFEST, file_sha256, new_version, seal_manifest
+from index_builder.manifest import MANIFEST, new_version
 from index_builder.snapshot import SnapshotInvalidError, load_snapshot
-from tests.index_builder.helpers import clone
-
-
-def resum(folder: Path) -> None:
-    """Re-checksum every file and re-seal the manifest: only the contents are wrong."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    for name in manifest["files"]:
-        path = folder / name
-        manifest["files"][name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-    (folder / MANIFEST).write_text(json.dumps(seal_manifest(manifest)))
+from tests.index_builder.helpers import clone, resum
 
 
 def edit_tensors(path: Path, edit: Callable[[dict[str, np.ndarray]], None]) -> None:
     tensors = {k: v.copy() for k, v in load_file(str(path)).items()}
     edit(tensors)
     save_file(tensors, str(path))
+
+
+def set_value(path: Path, tensor: str, row: int, value: int) -> None:
+    def edit(tensors: dict[str, np.ndarray]) -> None:
+        tensors[tensor][row] = value
+
+    edit_tensors(path, edit)
 
 
 def rename_id(tensors: dict[str, np.ndarray], prefix: str) -> None:
@@ -53,37 +51,35 @@ def duplicate_user_id(folder: Path) -> None:
     edit_tensors(folder / "users.safetensors", lambda t: rename_id(t, "user_ids"))
 
 
-def nan_item_vector(folder: Path) -> None:
+def rewrite_index(folder: Path, edit: Callable[[np.ndarray], None], labels_from: int = 0) -> None:
+    """The item vectors, edited, in a flat index; labels start at ``labels_from`` (an id map
+    when it is not 0)."""
     old = faiss.read_index(str(folder / "index.faiss"))
     vectors = old.reconstruct_n(0, old.ntotal)
-    vectors[5] = np.nan
-    index = faiss.IndexFlatIP(old.d)
-    index.add(vectors)
+    edit(vectors)
+    if labels_from:
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(old.d))
+        index.add_with_ids(vectors, np.arange(old.ntotal, dtype=np.int64) + labels_from)
+    else:
+        index = faiss.IndexFlatIP(old.d)
+        index.add(vectors)
     faiss.write_index(index, str(folder / "index.faiss"))
+
+
+def nan_item_vector(folder: Path) -> None:
+    rewrite_index(folder, lambda vectors: vectors.__setitem__(5, np.nan))
 
 
 def unnormalised_item_vector(folder: Path) -> None:
-    old = faiss.read_index(str(folder / "index.faiss"))
-    vectors = old.reconstruct_n(0, old.ntotal)
-    vectors[9] *= 3.0
-    index = faiss.IndexFlatIP(old.d)
-    index.add(vectors)
-    faiss.write_index(index, str(folder / "index.faiss"))
+    rewrite_index(folder, lambda vectors: vectors.__setitem__(9, vectors[9] * 3.0))
 
 
 def labels_outside_the_items(folder: Path) -> None:
-    old = faiss.read_index(str(folder / "index.faiss"))
-    vectors = old.reconstruct_n(0, old.ntotal)
-    index = faiss.IndexIDMap(faiss.IndexFlatIP(old.d))
-    index.add_with_ids(vectors, np.arange(old.ntotal, dtype=np.int64) + 10)
-    faiss.write_index(index, str(folder / "index.faiss"))
+    rewrite_index(folder, lambda vectors: None, labels_from=10)
 
 
 def seen_item_out_of_range(folder: Path) -> None:
-    def edit(t: dict[str, np.ndarray]) -> None:
-        t["seen.items"][3] = 10_000
-
-    edit_tensors(folder / "users.safetensors", edit)
+    set_value(folder / "users.safetensors", "seen.items", 3, 10_000)
 
 
 def short_user_feature(folder: Path) -> None:
@@ -95,17 +91,11 @@ def short_user_feature(folder: Path) -> None:
 
 
 def user_feature_past_its_vocabulary(folder: Path) -> None:
-    def edit(t: dict[str, np.ndarray]) -> None:
-        t["feature.gender"][0] = 999
-
-    edit_tensors(folder / "users.safetensors", edit)
+    set_value(folder / "users.safetensors", "feature.gender", 0, 999)
 
 
 def item_token_past_the_vocabulary(folder: Path) -> None:
-    def edit(t: dict[str, np.ndarray]) -> None:
-        t["item_tokens"][0] = 10**6
-
-    edit_tensors(folder / "items.safetensors", edit)
+    set_value(folder / "items.safetensors", "item_tokens", 0, 10**6)
 
 
 def seen_offsets_backwards(folder: Path) -> None:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -129,6 +130,21 @@ def start_server(snapshots: Path, folder: Path, audit_log: Path | None = None,
         process.kill()
         process.wait(10)
         raise
+    return server
+
+
+def module_server(name: str) -> Any:
+    """A module-scoped ``server`` fixture: one `recall serve` over snapshot "a" and "b" for all
+    of a module's tests (``server = module_server("bad-input")``)."""
+
+    @pytest.fixture(scope="module")
+    def server(
+        disjoint: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Server]:
+        started = start_server(disjoint[0], tmp_path_factory.mktemp(name))
+        yield started
+        started.stop()
+
     return server
 
 

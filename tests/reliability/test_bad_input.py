@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import hypothesis
@@ -14,21 +13,13 @@ import pytest
 import schemathesis
 from schemathesis import GenerationMode
 
-from tests.reliability.conftest import ADMIN, Server
+from tests.reliability.conftest import ADMIN, Server, module_server
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 40  # per operation and generation mode; derandomized, so every run sends the same
 
 
-@pytest.fixture(scope="module")
-def server(
-    disjoint: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    from tests.reliability.conftest import start_server
-
-    started = start_server(disjoint[0], tmp_path_factory.mktemp("bad-input"))
-    yield started
-    started.stop()
+server = module_server("bad-input")
 
 
 def test_schemathesis_finds_no_server_error(server: Server) -> None:

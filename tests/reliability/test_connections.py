@@ -17,21 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import wait_until
-from tests.reliability.conftest import Server
+from tests.reliability.conftest import Server, module_server
 
 pytestmark = pytest.mark.slow
 WAIT_S = 30.0  # the most a broken server may keep one socket waiting
 
 
-@pytest.fixture(scope="module")
-def server(
-    disjoint: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    from tests.reliability.conftest import start_server
-
-    started = start_server(disjoint[0], tmp_path_factory.mktemp("connections"))
-    yield started
-    started.stop()
+server = module_server("connections")
 
 
 @contextmanager

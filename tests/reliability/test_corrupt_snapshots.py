@@ -16,20 +16,12 @@ import faiss
 import numpy as np
 import pytest
 
-from index_builder.manifest import file_sha256, seal_manifest
+from index_builder.manifest import seal_manifest
+from tests.index_builder.helpers import resum
 from tests.index_builder.test_contents import DAMAGE as CONTENT_DAMAGE
 from tests.reliability.conftest import ADMIN, Server
 
 pytestmark = pytest.mark.slow
-
-
-def resum(folder: Path) -> None:
-    """Rewrite the manifest's sizes and checksums for the files as they are now."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name in manifest["files"]:
-        path = folder / name
-        manifest["files"][name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
 
 
 def truncate_index(folder: Path) -> None:

@@ -13,7 +13,7 @@ from service.app import create_app
 from service.cache import LocalEmbeddingCache
 from service.settings import Settings
 from tests.service.client import AppClient
-from tests.service.fixtures import ADMIN_TOKEN, no_recall_env, shared_snapshots
+from tests.service.fixtures import ADMIN_TOKEN, copy_snapshots, no_recall_env, shared_snapshots
 
 __all__ = ["no_recall_env"]  # autouse: settings come from the tests, not RECALL_* vars
 
@@ -29,6 +29,13 @@ def newest(snapshots: tuple[Path, list[str]]) -> LoadedSnapshot:
     """The snapshot an app over the shared root serves, loaded for use as an oracle."""
     root, versions = snapshots
     return load_snapshot(root, versions[-1])
+
+
+@pytest.fixture
+def private(snapshots: tuple[Path, list[str]], tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of both snapshots this test may damage."""
+    root, versions = snapshots
+    return copy_snapshots(root, tmp_path / "snapshots"), versions
 
 
 def make_settings(root: Path, **overrides: Any) -> Settings:

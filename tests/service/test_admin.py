@@ -12,7 +12,6 @@ from service.app import create_app
 from service.cache import LocalEmbeddingCache
 from tests.service.client import AppClient
 from tests.service.conftest import make_settings
-from tests.service.fixtures import copy_snapshots
 
 ROUTES = [("GET", "/admin/snapshots"), ("GET", "/admin/snapshot"),
           ("POST", "/admin/reload"), ("POST", "/admin/rollback")]  # fmt: skip
@@ -32,13 +31,6 @@ def corrupt(folder: Path, name: str = "index.faiss") -> None:
 
 def serving(client: AppClient) -> str:
     return client.get("/readyz").json()["snapshot"]
-
-
-@pytest.fixture
-def private(snapshots: tuple[Path, list[str]], tmp_path: Path) -> tuple[Path, list[str]]:
-    """A copy of both snapshots this test may damage."""
-    root, versions = snapshots
-    return copy_snapshots(root, tmp_path / "snapshots"), versions
 
 
 @pytest.mark.parametrize(("method", "url"), ROUTES)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from index_builder.manifest import new_version, seal_manifest
-from tests.service.test_admin import app_client, private, serving  # noqa: F401 (fixture)
+from tests.service.test_admin import app_client, serving
 
 FUTURE = "20990101T000000Z-0000abcd"
 
@@ -31,7 +31,7 @@ def break_contents(folder: Path) -> None:
 
 
 def test_a_default_reload_falls_back_past_a_newest_snapshot_that_fails_to_load(
-    private: tuple[Path, list[str]],  # noqa: F811
+    private: tuple[Path, list[str]],
     admin: dict[str, str],
 ) -> None:
     root, (older, newer) = private
@@ -53,7 +53,7 @@ def test_a_default_reload_falls_back_past_a_newest_snapshot_that_fails_to_load(
 
 
 def test_a_default_reload_that_finds_nothing_loadable_keeps_serving_and_names_the_check(
-    private: tuple[Path, list[str]],  # noqa: F811
+    private: tuple[Path, list[str]],
     admin: dict[str, str],
 ) -> None:
     root, (older, newer) = private
@@ -68,7 +68,7 @@ def test_a_default_reload_that_finds_nothing_loadable_keeps_serving_and_names_th
 
 
 def test_a_future_dated_snapshot_is_never_chosen_by_default(
-    private: tuple[Path, list[str]],  # noqa: F811
+    private: tuple[Path, list[str]],
     admin: dict[str, str],
 ) -> None:
     root, (older, newer) = private
@@ -81,7 +81,7 @@ def test_a_future_dated_snapshot_is_never_chosen_by_default(
 
 
 def test_reloading_the_served_version_after_its_folder_was_deleted_is_409(
-    private: tuple[Path, list[str]],  # noqa: F811
+    private: tuple[Path, list[str]],
     admin: dict[str, str],
 ) -> None:
     root, (_, newer) = private
@@ -95,7 +95,7 @@ def test_reloading_the_served_version_after_its_folder_was_deleted_is_409(
 
 
 def test_an_unreadable_snapshot_is_listed_corrupt_and_skipped_at_start_up(
-    private: tuple[Path, list[str]],  # noqa: F811
+    private: tuple[Path, list[str]],
     admin: dict[str, str],
 ) -> None:
     root, (older, newer) = private
