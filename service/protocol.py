@@ -153,8 +153,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
-        size = sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.limits.max_header_bytes:
+        # the bytes received so far bound the head: only a big one is measured header by header
+        big = self._head_bytes > self.limits.max_header_bytes
+        if big and sum(len(n) + len(v) + 4 for n, v in self.headers) > self.limits.max_header_bytes:
             self._refuse(Code.HEADER_TOO_LARGE, self._header_message())
             raise _Refused
         if self._shed_here():

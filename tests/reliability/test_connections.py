@@ -94,6 +94,13 @@ def test_a_huge_header_is_refused_431_before_it_is_read(server: Server) -> None:
     assert healthy(server)
 
 
+def test_a_header_over_the_bound_in_one_chunk_is_431(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        status, _, body = read_response(sock)
+    assert status == 431 and error_code(body) == "header_too_large"
+
+
 def test_a_huge_url_is_refused_414(server: Server) -> None:
     with connect(server) as sock:
         sock.sendall(b"GET /v1/items/" + b"a" * 20_000 + b"/similar HTTP/1.1\r\nHost: x\r\n\r\n")
