@@ -2,9 +2,9 @@
 
 Cache key: ``{prefix}:{version}:{user_id or "-"}:{inputs hash}`` where the hash covers what
 the vector was made from (user id, features, history); the version keeps vectors of two
-models apart. Value: the vector's float32 bytes and an 8-byte blake2b tag of them keyed by the
-cache key (``seal``); a value whose tag does not match, or that is not a finite unit vector, is
-recomputed (``recall_cache_invalid``).
+models apart. Value: the vector's float32 bytes and an 8-byte blake2b tag of the cache key
+and those bytes (``seal``); a value whose tag does not match, or that is not a finite unit
+vector, is recomputed (``recall_cache_invalid``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def cache_key(prefix: str, version: str, request: RecallRequest) -> str:
 
 
 def _tag(key: str, data: bytes) -> bytes:
-    return hashlib.blake2b(data, key=key.encode()[:64], digest_size=TAG_BYTES).digest()
+    # the whole key goes into the digest (blake2b's own key takes 64 bytes at most, and cache
+    # keys of one version and long user ids share more than that)
+    return hashlib.blake2b(key.encode() + b"\0" + data, digest_size=TAG_BYTES).digest()
 
 
 def seal(key: str, vector: np.ndarray) -> bytes:

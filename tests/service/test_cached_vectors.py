@@ -74,3 +74,10 @@ def test_seal_round_trips_and_binds_the_key() -> None:
     np.testing.assert_array_equal(unsealed("a"), vector)
     assert unsealed("b") is None
     assert unseal("a", blob[:-1] + bytes([blob[-1] ^ 1]), 4) is None
+
+
+def test_keys_that_share_a_long_prefix_get_different_tags() -> None:
+    vector = np.ones(4, dtype=np.float32) / 2
+    long_prefix = "recall:uvec:20261202T000000Z-0000abcd:" + "u" * 80
+    blob = seal(long_prefix + "1", vector)
+    assert unseal(long_prefix + "2", blob, 4) is None
