@@ -110,6 +110,12 @@ class JSONBody(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def batch_body(parts: list[bytes]) -> dict[str, Any]:
+    """A batch answer's content, ``{"results": [...]}``, around bodies rendered already
+    (``RecallBatcher.recall(batch=True)``): rendering it copies them, nothing more."""
+    return {"results": [orjson.Fragment(part) for part in parts]}
+
+
 def error_bytes(code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
     """A whole HTTP/1.1 response in the error body, for answers below the ASGI app
     (``service.protocol``)."""

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from service.errors import JSONBody
+from service.errors import JSONBody, batch_body
 from service.schemas import (
     BatchRecallRequest,
     BatchRecallResponse,
@@ -31,7 +31,7 @@ Schemas = tuple[type[RecallRequest], type[BatchRecallRequest]]
 
 def router(limits: Limits, schemas: Schemas | None = None) -> APIRouter:
     """The /v1 routes; ``schemas`` are ``request_schemas(limits)`` (pass them to share them)."""
-    recall_body, batch_body = schemas or request_schemas(limits)
+    recall_body, batch_schema = schemas or request_schemas(limits)
     api = APIRouter(prefix="/v1", tags=["recall"], responses=ERRORS)  # type: ignore[arg-type]
     State = Annotated[Services, Depends(services)]
 
@@ -43,11 +43,11 @@ def router(limits: Limits, schemas: Schemas | None = None) -> APIRouter:
         return JSONBody(await state.batcher.recall(engine, [request]))
 
     @api.post("/recall/batch", response_model=BatchRecallResponse)
-    async def recall_batch(body: batch_body, state: State) -> JSONBody:  # type: ignore[valid-type]
+    async def recall_batch(body: batch_schema, state: State) -> JSONBody:  # type: ignore[valid-type]
         """Several recall requests in one call; results in the same order."""
         batch: BatchRecallRequest = body
         engine = state.holder.require()
-        return JSONBody({"results": await state.batcher.recall(engine, batch.requests, True)})
+        return JSONBody(batch_body(await state.batcher.recall(engine, batch.requests, True)))
 
     @api.get("/items/{item_id}/similar", response_model=SimilarResponse)
     async def similar(

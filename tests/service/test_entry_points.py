@@ -89,3 +89,32 @@ def test_batch_fast_path_and_route_agree(client: AppClient, body: dict) -> None:
              for r in fast.json()["results"]]  # fmt: skip
     assert strip == [{k: v for k, v in r.items() if k not in ("took_ms", "user")}
                      for r in route.json()["results"]]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ' \n{ "requests" :\t[ {"user_id": "1", "k": 3} , {"k": 2} ] }\r\n',  # JSON's whitespace
+        '{"requests": [{"user_id": "1"}], "requests": [{"k": 2}]}',  # a repeated key
+        '{"requests": [{"user_id": "1"}], "extra": 1}',  # a key the schema forbids
+        '{"requests": [{"user_id": "1"}]} []',  # data after the document
+        '{"requests": [{"user_id": "1"},]}',  # a trailing comma
+        '{"requests": [{"user_id": "1"} {"k": 2}]}',  # a missing comma
+        '{"requests": [{"k": NaN}]}',  # a constant json.loads takes
+        '{"requests": {"k": 2}}',  # not a list
+        '["requests"]',
+        '{"requests": [' + ", ".join(['{"k": 1}'] * 65) + "]}",  # past max_batch (64)
+    ],
+)
+def test_batch_texts_parse_alike_on_both_entry_points(client: AppClient, text: str) -> None:
+    """The fast path parses a batch one request at a time; whatever the text, it answers what
+    FastAPI's route (which parses it whole) answers."""
+    fast = client.post("/v1/recall/batch", content=text, headers=FAST)
+    route = client.post("/v1/recall/batch", content=text, headers=ROUTE)
+    assert fast.status_code == route.status_code
+    if fast.status_code != 200:
+        assert fast.json() == route.json()
+        return
+    assert [len(r["items"]) for r in fast.json()["results"]] == [
+        len(r["items"]) for r in route.json()["results"]
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ from index_builder.snapshot import LoadedSnapshot
 from service.app import create_app
 from service.batcher import RecallBatcher
 from service.cache import LocalEmbeddingCache
-from service.fastpath import RecallFastPath
+from service.fastpath import PARSE_CHARS, RecallFastPath, batch_elements
+from service.schemas import request_schemas
 from service.settings import Limits
 from tests.service.client import AppClient
 from tests.service.conftest import make_settings
@@ -114,3 +117,56 @@ def test_an_unexpected_error_on_the_fast_path_is_500_internal(
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal"
     assert 'route="/v1/recall",status="500"' in text
+
+
+def test_batch_elements_are_the_requests_one_by_one() -> None:
+    text = '{"requests": [{"k": 1}, {"history": ["a", "b"]}]}'
+    elements = list(batch_elements(text))
+    assert [element for element, _ in elements] == [{"k": 1}, {"history": ["a", "b"]}]
+    assert [text[end - 1] for _, end in elements] == ["}", "}"]  # each ends after its element
+    assert list(batch_elements(' {"requests": [ ] } ')) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"requests": [1],}', '{"requests": [1]} x', '{"other": 1}', "[1]", '{"requests": [1 2]}',
+     '{"requests": [1], "requests": [2]}', '{"requests": [1]'],
+)  # fmt: skip
+def test_batch_elements_refuse_any_other_document(text: str) -> None:
+    with pytest.raises(ValueError):
+        list(batch_elements(text))
+
+
+def test_a_big_batch_is_parsed_with_the_loop_running_in_between() -> None:
+    """While a 64-request batch of 1,000 exclusions each (~650 kB) is parsed and validated,
+    other tasks run: the fast path yields every PARSE_CHARS characters."""
+    limits = Limits()
+    schema, batch_schema = request_schemas(limits)
+    route: Any = None
+    path = RecallFastPath(route, schema, route, route, limits, batch_schema, route)
+    requests = [{"user_id": str(u), "k": 1000, "exclude_item_ids": [str(i) for i in range(1000)]}
+                for u in range(64)]  # fmt: skip
+    body = json.dumps({"requests": requests}).encode()
+    assert len(body) > 10 * PARSE_CHARS
+    ticks: list[int] = []
+
+    async def ticker(done: asyncio.Event) -> None:
+        while not done.is_set():
+            ticks.append(len(ticks))
+            await asyncio.sleep(0)
+
+    async def run() -> Any:
+        done = asyncio.Event()
+        task = asyncio.create_task(ticker(done))
+        await asyncio.sleep(0)
+        started = len(ticks)
+        batch = await path._batch(body)
+        parsed_during = len(ticks) - started
+        done.set()
+        await task
+        return batch, parsed_during
+
+    batch, ticks_during = asyncio.run(run())
+    assert [r.user_id for r in batch.requests] == [str(u) for u in range(64)]
+    assert all(len(r.exclude_item_ids) == 1000 for r in batch.requests)
+    assert ticks_during >= len(body) // PARSE_CHARS - 1
