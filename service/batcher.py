@@ -7,7 +7,12 @@ batch. Then admission: every queued request has a cost (``cost``: one unit is a 
 with nothing excluded; k and exclusions add to it), and a request is refused with 503
 ``overloaded`` and ``Retry-After`` when the cost queued ahead of it would pass
 ``max_queued_cost`` (its wait), all queued cost would pass ``max_pending_cost``, or the
-oldest queued job has waited ``shed_after_ms``. Overload then costs the loop a parse and a
+oldest queued job has waited ``shed_after_ms``. A queue that has not been empty for
+``standing_after_ms`` is standing: the load is past what the loop answers, not a burst, and
+the bounds tighten to ``standing_shed_ms`` of wait and one pass (``max_flush_cost``) ahead,
+so what is admitted is answered in a few milliseconds and the rest refused at once (the
+controlled delay of Maurer, "Fail at scale", ACM Queue 2015: a long bound absorbs bursts,
+a short one keeps a standing queue short). Overload then costs the loop a parse and a
 short answer per request instead of an ever longer queue. An idle batcher admits any job.
 
 The first job of a pass schedules a flush for the next pass (``loop.call_soon``;
@@ -98,6 +103,7 @@ class RecallBatcher:
         self._pending: deque[_Job] = deque()
         self._pending_cost = 0.0  # all queued cost
         self._ahead = 0.0  # cost a request queued now would wait for (Job.ahead summed)
+        self._empty_at = clock()  # when the queue was last seen empty
         self._scheduled = False
 
     @property
@@ -173,14 +179,21 @@ class RecallBatcher:
             return None  # an idle batcher takes any job the limits let through
         settings = self.settings
         waited_ms = (now - self._pending[0].waiting) * 1000
-        if self._ahead + ahead > settings.max_queued_cost:
+        max_ahead, max_wait = settings.max_queued_cost, settings.shed_after_ms
+        standing = (now - self._empty_at) * 1000 > settings.standing_after_ms
+        if standing:
+            max_ahead = min(max_ahead, settings.max_flush_cost)
+            max_wait = min(max_wait, settings.standing_shed_ms)
+        if self._ahead + ahead > max_ahead:
             reason = f"{self._ahead:.0f} cost units are queued ahead"
         elif self._pending_cost + cost > settings.max_pending_cost:
             reason = f"{self._pending_cost:.0f} cost units are queued"
-        elif waited_ms > settings.shed_after_ms:
+        elif waited_ms > max_wait:
             reason = f"the oldest queued request has waited {waited_ms:.0f} ms"
         else:
             return None
+        if standing:
+            reason += f", in a queue not empty for {(now - self._empty_at) * 1000:.0f} ms"
         self.metrics.shed.inc(requests)
         return ServiceError(
             Code.OVERLOADED,
@@ -189,6 +202,8 @@ class RecallBatcher:
         )
 
     def _enqueue(self, job: _Job) -> None:
+        if not self._pending:
+            self._empty_at = job.waiting  # empty until this job came
         self._pending.append(job)
         self._pending_cost += job.queued_cost
         self._ahead += job.ahead(self.settings.max_flush_cost)
@@ -227,6 +242,7 @@ class RecallBatcher:
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._scheduled = False
+            self._empty_at = self.clock()
         if not parts:
             return
         if log.isEnabledFor(logging.DEBUG):

@@ -104,6 +104,14 @@ class BatchSettings(BaseModel):
     shed_after_ms: float = Field(
         default=50.0, gt=0.0, le=10_000.0, description="503 while the oldest queued job waited"
     )
+    # A standing queue (not empty for standing_after_ms: overload, not a burst) gets the tight
+    # bounds: 503 once the oldest job waited standing_shed_ms or one pass of cost is ahead.
+    standing_after_ms: float = Field(
+        default=100.0, gt=0.0, le=60_000.0, description="queue not empty this long: standing"
+    )
+    standing_shed_ms: float = Field(
+        default=5.0, gt=0.0, le=10_000.0, description="the wait bound of a standing queue"
+    )
     retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of a 503")
 
 

@@ -112,7 +112,8 @@ def start_server(snapshots: Path, folder: Path, audit_log: Path | None = None,
     # no refusal by queue age (a stall of the loop, e.g. during a reload, would 503): these
     # tests are about faults, not overload, and must not depend on timing
     environ.update({"RECALL_ADMIN_TOKEN": ADMIN_TOKEN, "RECALL_LOG_LEVEL": "INFO",
-                    "RECALL_BATCH__SHED_AFTER_MS": "10000", **env})  # fmt: skip
+                    "RECALL_BATCH__SHED_AFTER_MS": "10000",
+                    "RECALL_BATCH__STANDING_AFTER_MS": "60000", **env})  # fmt: skip
     args = ["serve", "--snapshots", str(snapshots), "--host", "127.0.0.1", "--port", str(port)]
     if audit_log is not None:
         environ["AUDIT_LOG"] = str(audit_log)

@@ -39,6 +39,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(
         RECALL_CACHE__LOCAL_MAX_ENTRIES="0",
         RECALL_LOG_LEVEL="DEBUG",
         RECALL_BATCH__SHED_AFTER_MS="10000",
+        RECALL_BATCH__STANDING_AFTER_MS="60000",
     )  # batches wait 1 s here: no shedding
     signalled = threading.Event()
     background: list[tuple[bool, str]] = []  # (sent after the signal, outcome)

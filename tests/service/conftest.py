@@ -43,7 +43,8 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
     # No refusal by queue age: in-process requests are slow, and a test must not depend on it
     # (tests/service/test_admission.py sets it with a clock of its own).
     values: dict[str, Any] = {"snapshots": root, "admin_token": ADMIN_TOKEN, "redis_url": None,
-                              "batch": {"shed_after_ms": 10_000.0}}  # fmt: skip
+                              "batch": {"shed_after_ms": 10_000.0,
+                                        "standing_after_ms": 60_000.0}}  # fmt: skip
     return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
 
 

@@ -241,3 +241,41 @@ def test_refusal_before_the_body_is_read_follows_the_queue(engine: RecallEngine)
     refused, drained = seen
     assert isinstance(refused, ServiceError) and refused.code == "overloaded"
     assert drained is None
+
+
+def first_refusal(engine: RecallEngine, **settings: Any) -> tuple[int, str]:
+    """Three requests arrive each loop pass and two are answered (``max_size=2``), with the
+    clock 10 ms on per pass: the queue grows and never empties. The pass of the first 503
+    and its message."""
+    clock = Clock()
+    batcher, _ = make(clock, max_size=2, **settings)
+    refused: list[tuple[int, str]] = []
+
+    async def one(at: int, user: int) -> None:
+        try:
+            await batcher.recall(engine, [RecallRequest(user_id=str(user), k=5)])
+        except ServiceError as exc:
+            refused.append((at, exc.message))
+
+    async def run() -> None:
+        tasks = []
+        for at in range(40):
+            tasks += [asyncio.create_task(one(at, 1 + (3 * at + i) % 50)) for i in range(3)]
+            clock.now += 0.010
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    assert refused, "the growing queue was never refused"
+    return min(refused)
+
+
+def test_a_standing_queue_is_held_to_the_short_wait(engine: RecallEngine) -> None:
+    """A queue that has not emptied for standing_after_ms is overload, not a burst: it is
+    refused once its oldest job waited standing_shed_ms, well before shed_after_ms."""
+    standing = first_refusal(
+        engine, shed_after_ms=50.0, standing_after_ms=100.0, standing_shed_ms=5.0
+    )
+    bursts_only = first_refusal(engine, shed_after_ms=50.0, standing_after_ms=60_000.0)
+    assert "not empty for" in standing[1] and "not empty for" not in bursts_only[1]
+    assert 10 <= standing[0] < bursts_only[0]  # not before the queue stood 100 ms
