@@ -17,9 +17,10 @@ from index_builder.catalogue import (
     embed_items,
     item_table,
     load_catalogue,
-    query_vectors,
+    sampled_users,
     user_table,
 )
+from index_builder.gates import PUBLISH_GATES, ann_gate, parity_sample, quality_gate
 from index_builder.indexes import HNSW_EF_CONSTRUCTION, IndexPlan, build_index, choose_index
 from index_builder.manifest import (
     ARTIFACT_FILES,
@@ -53,6 +54,7 @@ class BuildOptions:
     threads: int = 0  # torch and faiss threads for the build; 0 keeps their defaults
     hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION  # HNSW graph quality (build time grows)
     progress: bool = True
+    allow: tuple[str, ...] = ()  # publish gates to let pass (index_builder.gates), recorded
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_recall <= 1.0:
@@ -62,6 +64,9 @@ class BuildOptions:
         for name in ("k", "keep", "batch_size", "tuning_users", "hnsw_ef_construction"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        unknown = set(self.allow) - set(PUBLISH_GATES)
+        if unknown:
+            raise ValueError(f"allow: {sorted(unknown)} are not publish gates {PUBLISH_GATES}")
         if self.memory_budget_gb <= 0:
             raise ValueError(f"memory_budget_gb must be positive, got {self.memory_budget_gb}")
 
@@ -93,7 +98,7 @@ def build_snapshot(
     index = build_index(
         plan, item_vectors, options.seed, options.progress, options.hnsw_ef_construction
     )
-    queries = query_vectors(artifact, catalogue, options.tuning_users, options.seed)
+    sampled, queries = sampled_users(artifact, catalogue, options.tuning_users, options.seed)
     tuning = tune(index, plan, item_vectors, queries, options.k, options.target_recall)
     latency = measure_latency(index, queries, options.k)
     log.info(
@@ -110,12 +115,16 @@ def build_snapshot(
     )
     manifest["dim"] = dim  # what the item tower produced; load checks it against the config
     manifest["index"]["memory_budget_bytes"] = budget
+    manifest["overrides"] = sorted(set(options.allow))
     with staging(root, version) as tmp:
         write_artifact_files(tmp, artifact_path)
         faiss.write_index(index, str(tmp / INDEX))
         write_items(tmp, item_table(artifact, catalogue))
         write_users(tmp, user_table(catalogue))
-        write_manifest(tmp, manifest)
+        parity_sample(tmp, sampled, queries, options.seed)
+        written = write_manifest(tmp, manifest)
+        ann_gate(written)  # refused: the staging folder goes, nothing is published
+        quality_gate(written)
         publish(tmp, root, version)
         prune(root, options.keep, protect=version)
     return version

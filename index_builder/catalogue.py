@@ -87,6 +87,13 @@ def query_vectors(
 ) -> np.ndarray:
     """User vectors ``[q, dim]`` of up to ``max_users`` users with known interactions (latest
     histories and profile features through the user tower), seeded sample."""
+    return sampled_users(artifact, catalogue, max_users, seed)[1]
+
+
+def sampled_users(
+    artifact: Artifact, catalogue: Catalogue, max_users: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, vectors)``: ``query_vectors`` with the users' rows in the user table."""
     counts = np.diff(catalogue.histories.offsets)
     users = np.flatnonzero(counts > 0)
     if len(users) == 0:
@@ -98,7 +105,7 @@ def query_vectors(
         vectors = artifact.model.user_vectors(inputs.users(users)).numpy()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     faiss.normalize_L2(vectors)
-    return vectors
+    return users.astype(np.int64), vectors
 
 
 def item_table(artifact: Artifact, catalogue: Catalogue) -> ItemTable:

@@ -45,6 +45,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--no-progress", action="store_true")
+    build.add_argument(
+        "--allow-below-target",
+        action="store_true",
+        help="publish although ANN recall missed --target-recall (recorded in the manifest)",
+    )
+    build.add_argument(
+        "--allow-below-baseline",
+        action="store_true",
+        help="publish although the model scored below most-popular (recorded in the manifest)",
+    )
     build.set_defaults(func=_build)
 
     snapshot = commands.add_parser("snapshot", help="list, show or verify snapshots")
@@ -71,7 +81,7 @@ def _build(args: argparse.Namespace) -> int:
     # training) ~10x slower when other processes share the cores; read when faiss loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from index_builder.build import BuildOptions, build_snapshot
-    from index_builder.manifest import SnapshotError, read_manifest
+    from index_builder.manifest import Check, SnapshotError, read_manifest
     from index_builder.notify import ReloadNotifyError, notify_reload
     from models.artifact import ArtifactInvalidError
 
@@ -92,12 +102,22 @@ def _build(args: argparse.Namespace) -> int:
             seed=args.seed,
             data_dir=args.data_dir,
             progress=not args.no_progress and sys.stderr.isatty(),
+            allow=tuple(
+                gate
+                for gate, asked in (
+                    (Check.ANN_RECALL, args.allow_below_target),
+                    (Check.BELOW_BASELINE, args.allow_below_baseline),
+                )
+                if asked
+            ),
         )
     except ValueError as exc:
         return _fail(str(exc), 2)
     try:
         version = build_snapshot(args.artifact, args.snapshots, options)
-    except (SnapshotError, ArtifactInvalidError, FileNotFoundError, ValueError) as exc:
+    except SnapshotError as exc:
+        return _fail(f"build failed ({exc.code}): {exc}")
+    except (ArtifactInvalidError, FileNotFoundError, ValueError) as exc:
         return _fail(f"build failed: {exc}")
     manifest = read_manifest(args.snapshots / version)
     index, tuning = manifest.index, manifest.tuning
@@ -105,8 +125,8 @@ def _build(args: argparse.Namespace) -> int:
         f"published snapshot {version} in {args.snapshots}: {index.type} {index.params} "
         f"recall@{tuning['k']} {tuning['recall']:.4f} p50 {manifest.latency_ms['p50']:.3f} ms"
     )
-    if not tuning["target_reached"]:
-        print(f"warning: recall target {tuning['target_recall']} not reached", file=sys.stderr)
+    if manifest.overrides:
+        print(f"warning: published past the gates {manifest.overrides}", file=sys.stderr)
     if args.notify:
         try:
             notify_reload(args.notify, version, token)

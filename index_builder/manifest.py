@@ -11,6 +11,7 @@
      "tuning": {"k", "target_recall", "recall", "target_reached", "queries", "trials"},
      "latency_ms": {"p50", "p99", "batch64_per_query", "queries", "k", "threads": 1},
      "offline_metrics": {...the artifact's metrics.json...},
+     "overrides": ["ann_recall_below_target", ...],  # gates the builder was told to let pass
      "files": {"index.faiss": {"sha256": "...", "bytes": N}, ...every other file...},
      "manifest_sha256": "..."}
 
@@ -54,6 +55,7 @@ INDEX, ITEMS, ITEMS_JSON, USERS = (
     "users.safetensors",
 )
 SNAPSHOT_FILES = (INDEX, ITEMS, ITEMS_JSON, USERS)
+PARITY = "parity.safetensors"  # offline vectors of sampled users (index_builder.gates); optional
 REQUIRED_FILES = ARTIFACT_FILES + SNAPSHOT_FILES
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -85,6 +87,12 @@ class Check(StrEnum):
     USER_TABLE = "user_table_invalid"
     WARMUP_FAILED = "warmup_failed"
     LOAD_FAILED = "load_failed"
+    # promotion gates (index_builder.gates, service.promotion)
+    ANN_RECALL = "ann_recall_below_target"
+    BELOW_BASELINE = "quality_below_baseline"
+    REGRESSION = "quality_regression"
+    PARITY = "parity_mismatch"
+    GOLDEN = "golden_queries_failed"
 
 
 class SnapshotError(Exception):
@@ -251,6 +259,7 @@ class Manifest(BaseModel):
     tuning: dict[str, Any] = Field(default_factory=dict)
     latency_ms: dict[str, Any] = Field(default_factory=dict)
     offline_metrics: dict[str, Any] = Field(default_factory=dict)
+    overrides: list[str] = Field(default_factory=list)  # gates let pass at publish
     files: dict[str, FileEntry]
     manifest_sha256: str | None = None
 

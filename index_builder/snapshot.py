@@ -3,7 +3,8 @@
 A snapshot folder ``<root>/<version>/`` holds the model artifact files (the user tower and the
 feature spec, loadable with ``models.artifact.load_artifact``), ``index.faiss``, the item and
 user tables (see ``index_builder.tables``) and ``manifest.json`` (see
-``index_builder.manifest``). Every checksum is verified before any file is parsed.
+``index_builder.manifest``). Every checksum is verified before any file is parsed. The
+manifest's promotion gates (``index_builder.gates``) are re-exported for the service.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index_builder.gates import ann_gate, quality_gate
 from index_builder.indexes import apply_params
 from index_builder.manifest import (
     INDEX,
@@ -35,12 +37,14 @@ from index_builder.manifest import (
     version_time,
 )
 from index_builder.store import SnapshotStatus, list_snapshots, newest_valid, prune, publish
-from index_builder.tables import ItemTable, UserTable, read_items, read_users
+from index_builder.tables import ItemTable, UserTable, read_items, read_parity, read_users
 from models.artifact import Artifact, ArtifactInvalidError, load_artifact
 from models.encoding import id_feature
 
 __all__ = [
     "VERSION_PATTERN",
+    "ann_gate",
+    "quality_gate",
     "Check",
     "LoadedSnapshot",
     "Manifest",
@@ -79,6 +83,9 @@ class LoadedSnapshot:
     user_features: dict[str, np.ndarray]  # name -> [U, ...]
     seen_offsets: np.ndarray  # [U + 1] int64
     seen_items: np.ndarray  # [S] int64
+    # sampled known users' ids [P] and their offline vectors [P, dim] (index_builder.gates);
+    # None for a snapshot built before the gates
+    parity: tuple[np.ndarray, np.ndarray] | None = None
 
     def item_vector(self, row: int) -> np.ndarray:
         """Item row -> its indexed vector ``[dim]`` float32 (approximate for PQ codes)."""
@@ -220,7 +227,7 @@ def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
         raise _invalid(path, message, Check.ARTIFACT_UNREADABLE) from exc
     index = _read_index(path / INDEX, manifest.index.params)
     try:
-        items, users = read_items(path), read_users(path)
+        items, users, parity = read_items(path), read_users(path), read_parity(path)
     except (KeyError, ValueError, OSError) as exc:
         message = f"item or user table unreadable ({exc})"
         raise _invalid(path, message, Check.TABLE_UNREADABLE) from exc
@@ -247,6 +254,16 @@ def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
                 path, f"{key} count {sorted(sizes)} != manifest {counts[key]}", Check.COUNT_MISMATCH
             )
     check_contents(path, manifest, artifact, index, items, users)
+    if parity is not None:
+        rows, vectors = parity
+        if (
+            rows.ndim != 1
+            or vectors.shape != (len(rows), manifest.dim)
+            or (len(rows) and not (rows.min() >= 0 and rows.max() < len(users.user_ids)))
+        ):
+            message = f"parity sample: rows {rows.shape} / vectors {vectors.shape} do not fit"
+            raise _invalid(path, message, Check.USER_TABLE)
+        parity = (users.user_ids[rows], vectors)
     log.info("loaded snapshot %s (%d items, %d users)", version, index.ntotal, len(users.user_ids))
     return LoadedSnapshot(
         version=version,
@@ -262,4 +279,5 @@ def load_snapshot(root: Path, version: str) -> LoadedSnapshot:
         user_features=users.features,
         seen_offsets=users.seen_offsets,
         seen_items=users.seen_items,
+        parity=parity,
     )

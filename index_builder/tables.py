@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from index_builder.manifest import ITEMS, ITEMS_JSON, USERS  # noqa: E402
+from index_builder.manifest import ITEMS, ITEMS_JSON, PARITY, USERS  # noqa: E402
 
 
 def _as_other_files(path: Path) -> None:
@@ -132,3 +132,21 @@ def read_users(folder: Path) -> UserTable:
     if len(seen_offsets) != len(user_ids) + 1 or seen_offsets[-1] != len(seen_items):
         raise ValueError("seen.offsets does not match the users and seen.items")
     return UserTable(user_ids, features, seen_offsets, seen_items)
+
+
+def write_parity(folder: Path, user_rows: np.ndarray, vectors: np.ndarray) -> None:
+    """``PARITY``: rows of sampled users in the user table and their offline vectors."""
+    tensors: dict[str, np.ndarray] = {
+        "user_rows": np.ascontiguousarray(user_rows, dtype=np.int64),
+        "vectors": np.ascontiguousarray(vectors, dtype=np.float32),
+    }
+    save_file(tensors, str(folder / PARITY))
+    _as_other_files(folder / PARITY)
+
+
+def read_parity(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(user_rows, vectors)`` from ``PARITY``; None for a snapshot built without it."""
+    if not (folder / PARITY).exists():
+        return None
+    tensors = load_file(str(folder / PARITY))
+    return tensors["user_rows"], tensors["vectors"]

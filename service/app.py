@@ -68,7 +68,7 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         faiss.omp_set_num_threads(settings.threads.faiss)
         opened = cache if cache is not None else open_cache(settings, metrics)
         try:
-            holder = SnapshotHolder(settings.snapshots, metrics)
+            holder = SnapshotHolder(settings.snapshots, metrics, settings.gates)
             await run_in_threadpool(holder.load_newest)
             # torch and friends leave ~200k objects that every full collection walks, for
             # hundreds of milliseconds during which no request moves; freeze them (and the

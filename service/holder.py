@@ -1,8 +1,9 @@
 """SnapshotHolder: the one mutable reference to the engine being served, and reloads.
 
 Handlers read ``holder.current`` once into a local, so a request finishes on the engine it
-started with. A reload loads and verifies a snapshot, warms it up, and only then swaps the
-reference; any failure leaves the old engine serving. One reload or rollback at a time.
+started with. A reload loads and verifies a snapshot, warms it up, runs the promotion gates
+(``service.promotion``) and only then swaps the reference; any failure leaves the old engine
+serving. One reload or rollback at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from index_builder.snapshot import (
 from service.engine import RecallEngine
 from service.errors import Code, ServiceError
 from service.metrics import Metrics
+from service.promotion import check_gates
+from service.settings import GateSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,9 @@ class Swap:
 class SnapshotHolder:
     """Current and previous engines over the snapshots under ``root``."""
 
-    def __init__(self, root: Path, metrics: Metrics):
+    def __init__(self, root: Path, metrics: Metrics, gates: GateSettings | None = None):
         self.root, self.metrics = Path(root), metrics
+        self.gates = gates or GateSettings()
         self.current: RecallEngine | None = None
         self.previous: RecallEngine | None = None
         self._lock = threading.Lock()
@@ -187,6 +191,10 @@ class SnapshotHolder:
             raise ServiceError(
                 Check.WARMUP_FAILED, f"snapshot {version} failed warm-up: {exc}"
             ) from exc
+        try:
+            check_gates(engine, self.current, self.gates)
+        except SnapshotError as exc:
+            raise ServiceError.from_snapshot(exc) from exc
         log.info("snapshot %s loaded in %.2fs", version, time.perf_counter() - started)
         return engine
 

@@ -115,6 +115,20 @@ class BatchSettings(BaseModel):
     retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of a 503")
 
 
+class GateSettings(BaseModel):
+    """Promotion gates a reload applies before the swap (``service.promotion``)."""
+
+    model_config = {"extra": "forbid"}
+
+    quality_margin: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="offline recall@10 may fall this share below"
+    )
+    parity_tolerance: float = Field(
+        default=1e-4, gt=0.0, le=1.0, description="1 - cosine of an online vs offline vector"
+    )
+    golden_k: int = Field(default=10, ge=1, le=1000, description="k of the golden queries")
+
+
 class ThreadSettings(BaseModel):
     """CPU threads per process; one query is small, so more threads mostly add overhead."""
 
@@ -152,6 +166,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     connections: ConnectionSettings = ConnectionSettings()
     batch: BatchSettings = BatchSettings()
+    gates: GateSettings = GateSettings()
     threads: ThreadSettings = ThreadSettings()
 
     @field_validator("admin_token")

@@ -25,9 +25,15 @@ ODD_ITEM, ODD_USER = "ítem-é7", "用户-3"
 
 
 def write_tiny_dataset(
-    folder: Path, users: int = 50, items: int = 200, interactions: int = 2000, seed: int = 0
+    folder: Path,
+    users: int = 50,
+    items: int = 200,
+    interactions: int = 2000,
+    seed: int = 0,
+    popularity: float = 0.0,
 ) -> Path:
-    """RecBole atomic files named ``tiny.*`` with the columns configs/ml-100k.toml reads."""
+    """RecBole atomic files named ``tiny.*`` with the columns configs/ml-100k.toml reads;
+    ``popularity`` > 0 skews every user's choices towards the first items (Zipf's exponent)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     user_ids = [ODD_USER if u == 3 else f"u{u}" for u in range(users)]
@@ -49,6 +55,7 @@ def write_tiny_dataset(
     # Each user prefers one genre, so the model has something to learn.
     taste = rng.integers(0, len(GENRES), size=users)
     weights = np.array([[3.0 if t in g else 1.0 for g in item_genres] for t in range(len(GENRES))])
+    weights *= (1.0 + np.arange(items)) ** -popularity
     weights /= weights.sum(1, keepdims=True)
     lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
     for row in range(interactions):

@@ -12,7 +12,7 @@ import pytest
 from index_builder.build import BuildOptions, build_snapshot
 from index_builder.catalogue import embed_items, load_catalogue, query_vectors
 from index_builder.indexes import exact_search
-from index_builder.manifest import MANIFEST, REQUIRED_FILES, new_version, seal_manifest
+from index_builder.manifest import MANIFEST, PARITY, REQUIRED_FILES, new_version, seal_manifest
 from index_builder.snapshot import (
     SnapshotInvalidError,
     SnapshotNotFoundError,
@@ -76,8 +76,8 @@ def test_manifest_describes_the_build(built: tuple[Path, str]) -> None:
     assert manifest.tuning["recall"] == 1.0 and manifest.tuning["target_reached"]
     assert {"p50", "p99"} <= manifest.latency_ms.keys()
     assert "two-tower" in manifest.offline_metrics["test"]
-    assert set(manifest.files) == set(REQUIRED_FILES)
-    assert {p.name for p in (root / version).iterdir()} == set(REQUIRED_FILES) | {MANIFEST}
+    assert set(manifest.files) == set(REQUIRED_FILES) | {PARITY}
+    assert {p.name for p in (root / version).iterdir()} == set(manifest.files) | {MANIFEST}
 
 
 def test_snapshot_folder_loads_as_the_same_model_artifact(

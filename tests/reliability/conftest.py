@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from index_builder.build import BuildOptions, build_snapshot
+from index_builder.gates import PUBLISH_GATES
 from models.experiment import run_training
 from models.synth import write_synthetic
 from tests.integration.conftest import (
@@ -65,7 +66,9 @@ def build_disjoint(base: Path) -> tuple[Path, dict[str, str]]:
         artifact = base / prefix / "artifact"
         run_training(tiny_config(data_dir), "leave-last-out", artifact, data_dir=data_dir,
                      progress=False)  # fmt: skip
-        options = BuildOptions(index="flat", k=10, tuning_users=20, progress=False)
+        # tiny models for fault tests: whatever their quality, they are published and served
+        options = BuildOptions(index="flat", k=10, tuning_users=20, progress=False,
+                               allow=PUBLISH_GATES)  # fmt: skip
         versions[prefix] = build_snapshot(artifact, root, options)
     return root, versions
 
@@ -109,11 +112,13 @@ def start_server(snapshots: Path, folder: Path, audit_log: Path | None = None,
     """
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
-    # no refusal by queue age (a stall of the loop, e.g. during a reload, would 503): these
+    # no quality-regression gate (the fixtures' tiny models swap back and forth) and no
+    # refusal by queue age (a stall of the loop, e.g. during a reload, would 503): these
     # tests are about faults, not overload, and must not depend on timing
     environ.update({"RECALL_ADMIN_TOKEN": ADMIN_TOKEN, "RECALL_LOG_LEVEL": "INFO",
                     "RECALL_BATCH__SHED_AFTER_MS": "10000",
-                    "RECALL_BATCH__STANDING_AFTER_MS": "60000", **env})  # fmt: skip
+                    "RECALL_BATCH__STANDING_AFTER_MS": "60000",
+                    "RECALL_GATES__QUALITY_MARGIN": "1.0", **env})  # fmt: skip
     args = ["serve", "--snapshots", str(snapshots), "--host", "127.0.0.1", "--port", str(port)]
     if audit_log is not None:
         environ["AUDIT_LOG"] = str(audit_log)
