@@ -16,7 +16,7 @@ PORT ?= 8000
 TORCHREC := 1.8.0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train index serve run test test-fast lint docker-lint clean
+.PHONY: help venv data train index serve run test test-tools test-fast lint docker-lint clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -51,7 +51,11 @@ run: ## the whole job: venv, data, training, index, then the service on $(HOST):
 	$(MAKE) index
 	$(MAKE) serve
 
-test: venv ## install what the tests need, then run the whole suite
+test-tools: ## Debian's haproxy, the load balancer of the multi-replica test
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+
+test: venv test-tools ## install what the tests need, then run the whole suite
 	$(PY) -m pytest
 
 test-fast: venv ## the suite without the slow tests

@@ -8,6 +8,7 @@ snapshot, and closes the cache on shutdown. Handlers reach everything through
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -24,6 +25,7 @@ from service import errors, fastpath
 from service.batcher import RecallBatcher
 from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.errors import Code
+from service.fleet import Fleet, FleetSync
 from service.holder import SnapshotHolder
 from service.metrics import Metrics, RequestMiddleware
 from service.recaller import Recaller
@@ -67,17 +69,35 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         torch.set_num_threads(settings.threads.torch)
         faiss.omp_set_num_threads(settings.threads.faiss)
         opened = cache if cache is not None else open_cache(settings, metrics)
+        fleet: FleetSync | None = None
+        poller: asyncio.Task[None] | None = None
         try:
             holder = SnapshotHolder(settings.snapshots, metrics, settings.gates)
-            await run_in_threadpool(holder.load_newest)
+            if settings.redis_url is not None and settings.fleet.enabled:
+                fleet = FleetSync(
+                    Fleet.from_url(
+                        settings.redis_url.get_secret_value(), settings.redis, settings.fleet
+                    ),
+                    holder,
+                    metrics,
+                )
+                await run_in_threadpool(fleet.start_up)
+                poller = asyncio.create_task(fleet.run())
+            else:
+                await run_in_threadpool(holder.load_newest)
             # torch and friends leave ~200k objects that every full collection walks, for
             # hundreds of milliseconds during which no request moves; freeze them (and the
             # first snapshot) out of its way. Replaced engines are freed by reference counts.
             gc.freeze()
             recaller = Recaller(opened, metrics, settings.cache)
             batcher = RecallBatcher(recaller, settings.batch, metrics)
-            yield {"services": Services(settings, holder, opened, recaller, metrics, batcher)}
+            services = Services(settings, holder, opened, recaller, metrics, batcher, fleet)
+            yield {"services": services}
         finally:
+            if poller is not None:
+                poller.cancel()
+            if fleet is not None:
+                fleet.fleet.close()
             gc.unfreeze()  # give the collector back what start-up froze (tests run many apps)
             opened.close()
             torch.set_num_threads(threads[0])  # process-wide; give back what we found

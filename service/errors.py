@@ -47,6 +47,7 @@ class Code(StrEnum):
     OVERLOADED = "overloaded"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     SHUTTING_DOWN = "shutting_down"
+    FLEET_UNAVAILABLE = "fleet_unavailable"
 
 
 # The one table of codes to HTTP statuses.
@@ -73,6 +74,7 @@ STATUS: dict[str, int] = {
     Code.NO_SNAPSHOT: 503,
     Code.OVERLOADED: 503,
     Code.TOO_MANY_CONNECTIONS: 503,
+    Code.FLEET_UNAVAILABLE: 503,
     Code.SHUTTING_DOWN: 503,
 }
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",

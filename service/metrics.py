@@ -72,6 +72,12 @@ class Metrics:
         self.reload_failures = Counter(
             "recall_reload_failures", "Reloads refused, by failed check", ["code"], registry=r
         )
+        self.fleet_follows = Counter(
+            "recall_fleet_follows", "Reloads to the fleet's version set elsewhere", registry=r
+        )
+        self.fleet_failures = Counter(
+            "recall_fleet_failures", "Fleet versions this replica could not serve", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

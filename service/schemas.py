@@ -193,6 +193,21 @@ class SnapshotListResponse(BaseModel):
     snapshots: list[SnapshotEntry]  # newest first
 
 
+class ReplicaInfo(BaseModel):
+    replica: str
+    serving: str | None
+    started: float  # unix time
+    seen: float  # unix time of its last heartbeat
+    note: str | None = None  # e.g. why it cannot serve the fleet's version
+
+
+class FleetResponse(BaseModel):
+    fleet: bool  # false without a Redis: this replica alone
+    version: str | None  # the fleet's version (without a fleet: this replica's)
+    replica: str | None  # this replica's name
+    replicas: list[ReplicaInfo]
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
     snapshot: str

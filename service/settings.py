@@ -129,6 +129,23 @@ class GateSettings(BaseModel):
     golden_k: int = Field(default=10, ge=1, le=1000, description="k of the golden queries")
 
 
+class FleetSettings(BaseModel):
+    """One version across the replicas that share a Redis (``service.fleet``)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True  # with RECALL_REDIS_URL set; false: this replica goes its own way
+    key_prefix: str = Field(default="recall:fleet", min_length=1, max_length=64)
+    poll_s: float = Field(default=2.0, gt=0.0, le=600.0, description="fleet version poll")
+    heartbeat_ttl_s: int = Field(default=10, ge=1, le=3600, description="replica listed this long")
+    replica: str | None = Field(default=None, max_length=128, description="default: host-pid")
+
+    @field_validator("replica")
+    @classmethod
+    def _empty_is_unset(cls, name: str | None) -> str | None:
+        return name or None
+
+
 class ThreadSettings(BaseModel):
     """CPU threads per process; one query is small, so more threads mostly add overhead."""
 
@@ -167,6 +184,7 @@ class Settings(BaseSettings):
     connections: ConnectionSettings = ConnectionSettings()
     batch: BatchSettings = BatchSettings()
     gates: GateSettings = GateSettings()
+    fleet: FleetSettings = FleetSettings()
     threads: ThreadSettings = ThreadSettings()
 
     @field_validator("admin_token")

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from service.batcher import RecallBatcher
 from service.cache import EmbeddingCache
+from service.fleet import FleetSync
 from service.holder import SnapshotHolder
 from service.metrics import Metrics
 from service.recaller import Recaller
@@ -24,6 +25,7 @@ class Services:
     recaller: Recaller
     metrics: Metrics
     batcher: RecallBatcher
+    fleet: FleetSync | None = None  # with a Redis: the fleet's one version
 
 
 async def services(request: Request) -> Services:

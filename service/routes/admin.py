@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
+import redis
 from fastapi import APIRouter, Depends, Header, Query
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +18,7 @@ from service.errors import Code, JSONBody, ServiceError
 from service.holder import Swap
 from service.schemas import (
     ErrorBody,
+    FleetResponse,
     ReloadRequest,
     SnapshotListResponse,
     SnapshotRef,
@@ -94,12 +96,34 @@ def router(settings: Settings) -> APIRouter:
     async def reload(state: State, body: ReloadRequest | None = None) -> JSONBody:
         """Load, verify and warm up a snapshot (default: newest valid), then swap it in."""
         version = body.version if body is not None else None
-        return _swap(await run_in_threadpool(state.holder.reload, version))
+        swap = await run_in_threadpool(state.holder.reload, version)
+        if state.fleet is not None:  # the fleet follows (service.fleet)
+            await run_in_threadpool(state.fleet.announce)
+        return _swap(swap)
 
     @api.post("/rollback", response_model=SwapResponse)
     async def rollback(state: State) -> JSONBody:
-        """Serve the previous snapshot again."""
+        """Serve the previous snapshot again (the whole fleet, with a Redis)."""
+        if state.fleet is not None:  # the fleet's previous version, set by any replica
+            return _swap(await run_in_threadpool(state.fleet.rollback))
         return _swap(await run_in_threadpool(state.holder.rollback))
+
+    @api.get("/fleet", response_model=FleetResponse)
+    async def fleet(state: State) -> JSONBody:
+        """The fleet's version and the replicas alive (heartbeats), with what each serves."""
+        current = state.holder.current
+        here = current.version if current else None
+        if state.fleet is None:
+            return JSONBody({"fleet": False, "version": here, "replica": None, "replicas": []})
+        sync = state.fleet
+        try:
+            version = await run_in_threadpool(sync.fleet.target)
+            replicas = await run_in_threadpool(sync.fleet.replicas)
+        except redis.RedisError as exc:
+            raise ServiceError(Code.FLEET_UNAVAILABLE, f"the fleet's Redis: {exc}") from exc
+        return JSONBody(
+            {"fleet": True, "version": version, "replica": sync.fleet.name, "replicas": replicas}
+        )
 
     return api
 

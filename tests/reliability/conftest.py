@@ -8,6 +8,7 @@ Servers are real `recall serve` subprocesses on free ports, talking HTTP on 127.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -104,13 +105,14 @@ class Server:
 
 
 def start_server(snapshots: Path, folder: Path, audit_log: Path | None = None,
-                 **env: str) -> Server:  # fmt: skip
-    """`recall serve` on a free port with the admin token set; returns once /readyz is 200.
+                 port: int | None = None, **env: str) -> Server:  # fmt: skip
+    """`recall serve` on ``port`` (default: a free one) with the admin token set; returns
+    once /readyz is 200.
 
     ``env`` adds RECALL_* settings; ``audit_log`` runs it under ``audited_serve.py``, which
     writes every path the process opens to that file.
     """
-    port = free_port()
+    port = port or free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
     # no quality-regression gate (the fixtures' tiny models swap back and forth) and no
     # refusal by queue age (a stall of the loop, e.g. during a reload, would 503): these
@@ -118,7 +120,11 @@ def start_server(snapshots: Path, folder: Path, audit_log: Path | None = None,
     environ.update({"RECALL_ADMIN_TOKEN": ADMIN_TOKEN, "RECALL_LOG_LEVEL": "INFO",
                     "RECALL_BATCH__SHED_AFTER_MS": "10000",
                     "RECALL_BATCH__STANDING_AFTER_MS": "60000",
-                    "RECALL_GATES__QUALITY_MARGIN": "1.0", **env})  # fmt: skip
+                    "RECALL_GATES__QUALITY_MARGIN": "1.0",
+                    # a fleet of its own: a fleet version left in Redis by another server
+                    # must not decide what this one serves
+                    "RECALL_FLEET__KEY_PREFIX": f"test-fleet:{secrets.token_hex(4)}",
+                    **env})  # fmt: skip
     args = ["serve", "--snapshots", str(snapshots), "--host", "127.0.0.1", "--port", str(port)]
     if audit_log is not None:
         environ["AUDIT_LOG"] = str(audit_log)

@@ -27,6 +27,7 @@ class AppClient:
         self.portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
         lifespan = self.app.router.lifespan_context(self.app)
         state = self.portal.call(lifespan.__aenter__) or {}
+        self.state = state  # the lifespan's state: tests reach the services through it
         self._stack.callback(self.portal.call, lifespan.__aexit__, None, None, None)
 
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
