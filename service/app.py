@@ -34,6 +34,7 @@ from service.schemas import request_schemas
 from service.settings import Settings, load_settings
 from service.state import Services
 from service.tiered import TieredEmbeddingCache
+from service.watch import Watch, guard
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,10 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         opened = cache if cache is not None else open_cache(settings, metrics)
         fleet: FleetSync | None = None
         poller: asyncio.Task[None] | None = None
+        guarding: asyncio.Task[None] | None = None
         try:
-            holder = SnapshotHolder(settings.snapshots, metrics, settings.gates)
+            watch = Watch(settings.watch)
+            holder = SnapshotHolder(settings.snapshots, metrics, settings.gates, watch)
             if settings.redis_url is not None and settings.fleet.enabled:
                 fleet = FleetSync(
                     Fleet.from_url(
@@ -90,12 +93,15 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             # first snapshot) out of its way. Replaced engines are freed by reference counts.
             gc.freeze()
             recaller = Recaller(opened, metrics, settings.cache)
-            batcher = RecallBatcher(recaller, settings.batch, metrics)
+            batcher = RecallBatcher(recaller, settings.batch, metrics, watch=watch)
+            rollback = fleet.rollback if fleet is not None else holder.rollback
+            guarding = asyncio.create_task(guard(watch, rollback, metrics.auto_rollbacks.inc))
             services = Services(settings, holder, opened, recaller, metrics, batcher, fleet)
             yield {"services": services}
         finally:
-            if poller is not None:
-                poller.cancel()
+            for task in (poller, guarding):
+                if task is not None:
+                    task.cancel()
             if fleet is not None:
                 fleet.fleet.close()
             gc.unfreeze()  # give the collector back what start-up froze (tests run many apps)

@@ -50,6 +50,7 @@ from service.metrics import Metrics
 from service.recaller import Prepared, Recaller
 from service.schemas import RecallRequest
 from service.settings import BatchSettings
+from service.watch import Watch
 
 log = logging.getLogger(__name__)
 PREPARE_IDS = 2048  # ids (exclusions, history) of a batch checked between yields to the loop
@@ -97,8 +98,10 @@ class RecallBatcher:
         settings: BatchSettings,
         metrics: Metrics,
         clock: Callable[[], float] = time.perf_counter,
+        watch: Watch | None = None,
     ):
         self.recaller, self.settings, self.metrics = recaller, settings, metrics
+        self.watch = watch  # every answered recall request is recorded for it
         self.clock = clock
         self._pending: deque[_Job] = deque()
         self._pending_cost = 0.0  # all queued cost
@@ -259,7 +262,15 @@ class RecallBatcher:
                 except Exception as exc:
                     outcomes.append((part[0], [], exc))
         self.metrics.batch_size.observe(size)
+        watch, now = self.watch, self.clock()
         for job, bodies, error in outcomes:
+            if watch is not None and job.similar is None:
+                latency = now - job.started
+                if error is not None and not isinstance(error, ServiceError):
+                    watch.record(job.engine.version, latency, True, False)
+                for body in bodies:
+                    empty = not body["items"] or body["user"]["source"] == "fallback"
+                    watch.record(job.engine.version, latency, False, empty)
             if job.future.done():
                 continue
             if error is not None:

@@ -28,6 +28,7 @@ from service.errors import Code, ServiceError
 from service.metrics import Metrics
 from service.promotion import check_gates
 from service.settings import GateSettings
+from service.watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,16 @@ class Swap:
 class SnapshotHolder:
     """Current and previous engines over the snapshots under ``root``."""
 
-    def __init__(self, root: Path, metrics: Metrics, gates: GateSettings | None = None):
+    def __init__(
+        self,
+        root: Path,
+        metrics: Metrics,
+        gates: GateSettings | None = None,
+        watch: Watch | None = None,
+    ):
         self.root, self.metrics = Path(root), metrics
         self.gates = gates or GateSettings()
+        self.watch = watch  # opened on each reload's swap, closed by a rollback
         self.current: RecallEngine | None = None
         self.previous: RecallEngine | None = None
         self._lock = threading.Lock()
@@ -169,7 +177,7 @@ class SnapshotHolder:
                         "nothing to roll back to: no snapshot was replaced",
                     )
                 )
-            self._swap(target)
+            self._swap(target, watched=False)
             return self._state(True, f"rolled back to {target.version}")
 
     def _load(self, version: str) -> RecallEngine:
@@ -198,8 +206,13 @@ class SnapshotHolder:
         log.info("snapshot %s loaded in %.2fs", version, time.perf_counter() - started)
         return engine
 
-    def _swap(self, engine: RecallEngine) -> None:
+    def _swap(self, engine: RecallEngine, watched: bool = True) -> None:
         self.previous, self.current = self.current, engine
+        if self.watch is not None:
+            if watched:
+                self.watch.start(engine.version, self.previous.version if self.previous else None)
+            else:
+                self.watch.stop()
         self.metrics.snapshot.info({"version": engine.version})
         self.metrics.reloads.inc()
         log.info(

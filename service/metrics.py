@@ -72,6 +72,9 @@ class Metrics:
         self.reload_failures = Counter(
             "recall_reload_failures", "Reloads refused, by failed check", ["code"], registry=r
         )
+        self.auto_rollbacks = Counter(
+            "recall_auto_rollbacks", "Snapshots the watch after a reload rolled back", registry=r
+        )
         self.fleet_follows = Counter(
             "recall_fleet_follows", "Reloads to the fleet's version set elsewhere", registry=r
         )

@@ -129,6 +129,20 @@ class GateSettings(BaseModel):
     golden_k: int = Field(default=10, ge=1, le=1000, description="k of the golden queries")
 
 
+class WatchSettings(BaseModel):
+    """The watch after a reload (``service.watch``): worse answers than before roll it back."""
+
+    model_config = {"extra": "forbid"}
+
+    window_s: float = Field(default=60.0, ge=0.0, le=86_400.0, description="0 turns it off")
+    min_requests: int = Field(default=50, ge=1, description="on each side before it judges")
+    max_error_increase: float = Field(default=0.02, ge=0.0, le=1.0, description="absolute share")
+    max_p99_ratio: float = Field(default=2.0, ge=1.0, le=100.0)
+    max_empty_increase: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="share of empty or fallback answers, absolute"
+    )
+
+
 class FleetSettings(BaseModel):
     """One version across the replicas that share a Redis (``service.fleet``)."""
 
@@ -185,6 +199,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     gates: GateSettings = GateSettings()
     fleet: FleetSettings = FleetSettings()
+    watch: WatchSettings = WatchSettings()
     threads: ThreadSettings = ThreadSettings()
 
     @field_validator("admin_token")

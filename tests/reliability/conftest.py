@@ -121,6 +121,7 @@ def start_server(snapshots: Path, folder: Path, audit_log: Path | None = None,
                     "RECALL_BATCH__SHED_AFTER_MS": "10000",
                     "RECALL_BATCH__STANDING_AFTER_MS": "60000",
                     "RECALL_GATES__QUALITY_MARGIN": "1.0",
+                    "RECALL_WATCH__WINDOW_S": "0",  # no automatic rollback by latency
                     # a fleet of its own: a fleet version left in Redis by another server
                     # must not decide what this one serves
                     "RECALL_FLEET__KEY_PREFIX": f"test-fleet:{secrets.token_hex(4)}",

@@ -43,12 +43,13 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
     """Test settings: no .env file, admin token set, in-process cache unless overridden."""
     # No refusal by queue age: in-process requests are slow, and a test must not depend on it
     # (tests/service/test_admission.py sets it with a clock of its own).
-    # A fleet of its own (with a Redis): no fleet version left by another test decides.
+    # A fleet of its own (with a Redis): no fleet version left by another test decides. No
+    # watch after a reload (test_watch.py turns it on): latency on a busy machine is noise.
     fleet = {"key_prefix": f"test-fleet:{secrets.token_hex(4)}"}
     values: dict[str, Any] = {"snapshots": root, "admin_token": ADMIN_TOKEN, "redis_url": None,
                               "batch": {"shed_after_ms": 10_000.0,
                                         "standing_after_ms": 60_000.0},
-                              "fleet": fleet}  # fmt: skip
+                              "fleet": fleet, "watch": {"window_s": 0.0}}  # fmt: skip
     return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
 
 
