@@ -28,6 +28,7 @@ from service.errors import Code
 from service.fleet import Fleet, FleetSync
 from service.holder import SnapshotHolder
 from service.metrics import Metrics, RequestMiddleware
+from service.monitor import AnnMonitor
 from service.recaller import Recaller
 from service.routes import admin, health, recall
 from service.schemas import request_schemas
@@ -73,6 +74,7 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
         fleet: FleetSync | None = None
         poller: asyncio.Task[None] | None = None
         guarding: asyncio.Task[None] | None = None
+        monitor: AnnMonitor | None = None
         try:
             watch = Watch(settings.watch)
             holder = SnapshotHolder(settings.snapshots, metrics, settings.gates, watch)
@@ -92,7 +94,9 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             # hundreds of milliseconds during which no request moves; freeze them (and the
             # first snapshot) out of its way. Replaced engines are freed by reference counts.
             gc.freeze()
-            recaller = Recaller(opened, metrics, settings.cache)
+            monitor = AnnMonitor(settings.monitor, metrics)
+            monitor.start()
+            recaller = Recaller(opened, metrics, settings.cache, monitor)
             batcher = RecallBatcher(recaller, settings.batch, metrics, watch=watch)
             rollback = fleet.rollback if fleet is not None else holder.rollback
             guarding = asyncio.create_task(guard(watch, rollback, metrics.auto_rollbacks.inc))
@@ -102,6 +106,8 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             for task in (poller, guarding):
                 if task is not None:
                     task.cancel()
+            if monitor is not None:
+                monitor.stop()
             if fleet is not None:
                 fleet.fleet.close()
             gc.unfreeze()  # give the collector back what start-up froze (tests run many apps)

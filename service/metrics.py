@@ -72,6 +72,23 @@ class Metrics:
         self.reload_failures = Counter(
             "recall_reload_failures", "Reloads refused, by failed check", ["code"], registry=r
         )
+        self.ann_recall = Gauge(
+            "recall_ann_recall",
+            "Online ANN recall@k against exact search",
+            ["snapshot"],
+            registry=r,
+        )
+        self.ann_samples = Counter(
+            "recall_ann_recall_samples",
+            "Requests whose ANN recall was measured",
+            ["snapshot"],
+            registry=r,
+        )
+        self.ann_dropped = Counter(
+            "recall_ann_recall_dropped",
+            "Samples dropped: the monitor's queue was full",
+            registry=r,
+        )
         self.auto_rollbacks = Counter(
             "recall_auto_rollbacks", "Snapshots the watch after a reload rolled back", registry=r
         )

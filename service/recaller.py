@@ -22,6 +22,7 @@ from service.cache import EmbeddingCache
 from service.engine import ItemFilter, RecallEngine
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.monitor import AnnMonitor
 from service.schemas import RecallRequest
 from service.settings import CacheSettings
 from service.users import UserQuery
@@ -73,8 +74,15 @@ class Prepared:
 class Recaller:
     """Per-app glue between the engine, the user-vector cache and the metrics."""
 
-    def __init__(self, cache: EmbeddingCache, metrics: Metrics, settings: CacheSettings):
+    def __init__(
+        self,
+        cache: EmbeddingCache,
+        metrics: Metrics,
+        settings: CacheSettings,
+        monitor: AnnMonitor | None = None,
+    ):
         self.cache, self.metrics, self.settings = cache, metrics, settings
+        self.monitor = monitor  # online ANN recall (service.monitor)
 
     def recall(
         self, engine: RecallEngine, requests: Sequence[RecallRequest], batch: bool = False
@@ -112,6 +120,8 @@ class Recaller:
         vectors, sources = self._vectors(
             engine, [p.request for p in usable], [p.query for p in usable]
         )
+        if self.monitor is not None:
+            self.monitor.offer(engine, vectors)  # a sample, measured off the request path
         searched = engine.search(
             vectors,
             [p.request.k for p in usable],

@@ -212,6 +212,7 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"]
     snapshot: str
     cache: Literal["ok", "degraded", "local"]
+    warnings: list[str] | None = None  # e.g. online ANN recall below the build's
 
 
 class ErrorDetail(BaseModel):

@@ -129,6 +129,25 @@ class GateSettings(BaseModel):
     golden_k: int = Field(default=10, ge=1, le=1000, description="k of the golden queries")
 
 
+class MonitorSettings(BaseModel):
+    """Online ANN recall on sampled requests (``service.monitor``)."""
+
+    model_config = {"extra": "forbid"}
+
+    sample: float = Field(default=0.01, ge=0.0, le=1.0, description="share of answers; 0: off")
+    k: int = Field(default=100, ge=1, le=1000, description="recall@k against exact search")
+    queue: int = Field(default=256, ge=1, le=100_000, description="samples waiting; full: drop")
+    cpu_share: float = Field(default=0.02, gt=0.0, le=1.0, description="of one core, at most")
+    margin: float = Field(default=0.05, ge=0.0, le=1.0, description="below the build's: warn")
+    min_samples: int = Field(default=100, ge=1, description="before readiness warns")
+    seed: int | None = None  # of the sampling; None: unseeded
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _empty_is_unseeded(cls, seed: object) -> object:
+        return None if seed == "" else seed
+
+
 class WatchSettings(BaseModel):
     """The watch after a reload (``service.watch``): worse answers than before roll it back."""
 
@@ -200,6 +219,7 @@ class Settings(BaseSettings):
     gates: GateSettings = GateSettings()
     fleet: FleetSettings = FleetSettings()
     watch: WatchSettings = WatchSettings()
+    monitor: MonitorSettings = MonitorSettings()
     threads: ThreadSettings = ThreadSettings()
 
     @field_validator("admin_token")

@@ -28,9 +28,16 @@ def router(metrics: Metrics) -> APIRouter:
         """200 with the snapshot version and cache state once a snapshot is served, else 503."""
         engine = state.holder.require()
         await run_in_threadpool(state.cache.ping)  # lets a recovered Redis close the breaker
-        return JSONBody(
-            {"status": "ready", "snapshot": engine.version, "cache": state.cache.state()}
-        )
+        body: dict[str, object] = {
+            "status": "ready",
+            "snapshot": engine.version,
+            "cache": state.cache.state(),
+        }
+        monitor = state.recaller.monitor
+        warning = monitor.warning(engine) if monitor is not None else None
+        if warning is not None:
+            body["warnings"] = [warning]  # still ready: a warning for the operator
+        return JSONBody(body)
 
     @api.get("/metrics")
     async def prometheus() -> Response:
