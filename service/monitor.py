@@ -17,6 +17,7 @@ while it searches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -95,7 +96,8 @@ class AnnMonitor:
     def stop(self) -> None:
         self._stopped.set()
         if self._thread is not None:
-            self._queue.put((None, None))  # type: ignore[arg-type]  # wakes the thread
+            with contextlib.suppress(queue.Full):  # a full queue wakes it anyway
+                self._queue.put_nowait((None, None))  # type: ignore[arg-type]
             self._thread.join(10)
 
     def _run(self) -> None:

@@ -53,3 +53,110 @@ def test_compose_runs_redis_api_and_batch_jobs_sharing_snapshots() -> None:
         assert 'profiles: ["batch"]' in services[job]
     assert "snapshots:/app/snapshots" in services["index"]
     assert "snapshots:/app/snapshots" in services["api"]
+
+
+# --- Kubernetes (deploy/k8s: a kustomize base and overlays) ---------------------------------
+
+K8S = ROOT / "deploy" / "k8s"
+K8S_VERSION = "1.30.0"  # the schemas the objects are validated against (kubernetes-validate)
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
+
+
+def load_yaml_docs(path: Path) -> list[dict]:
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def render(folder: Path) -> list[dict]:
+    """The objects ``kubectl kustomize folder`` renders, for the subset of kustomize these
+    files use (resources, labels, namespace, images, replicas), so the suite needs no binary;
+    ``test_rendering_matches_kubectl_kustomize`` checks it against the real one where there."""
+    spec = load_yaml_docs(folder / "kustomization.yaml")[0]
+    objects: list[dict] = []
+    for resource in spec.get("resources", []):
+        path = folder / resource
+        objects += render(path) if path.is_dir() else load_yaml_docs(path)
+    for entry in spec.get("labels", []):
+        for obj in objects:
+            obj.setdefault("metadata", {}).setdefault("labels", {}).update(entry["pairs"])
+    if "namespace" in spec:
+        for obj in objects:
+            obj["metadata"]["namespace"] = spec["namespace"]
+    for image in spec.get("images", []):
+        for obj in objects:
+            for container in _containers(obj):
+                if container["image"].split(":")[0] == image["name"]:
+                    container["image"] = f"{image['newName']}:{image['newTag']}"
+    for entry in spec.get("replicas", []):
+        for obj in objects:
+            if obj["kind"] == "Deployment" and obj["metadata"]["name"] == entry["name"]:
+                obj["spec"]["replicas"] = entry["count"]
+    return objects
+
+
+def _containers(obj: dict) -> list[dict]:
+    spec = obj.get("spec", {})
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return list(spec.get("template", {}).get("spec", {}).get("containers", []))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(overlay: str) -> None:
+    import kubernetes_validate
+
+    objects = render(K8S / "overlays" / overlay)
+    kinds = sorted({o["kind"] for o in objects})
+    assert kinds == ["ConfigMap", "CronJob", "Deployment", "HorizontalPodAutoscaler",
+                     "PersistentVolumeClaim", "PodDisruptionBudget", "Secret", "Service"]  # fmt: skip
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_api_deployment_probes_settings_and_volumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered = render(K8S / "overlays" / "production")
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in rendered}
+    api = objects[("Deployment", "recall-api")]
+    assert api["spec"]["replicas"] == 3 and api["metadata"]["namespace"] == "recall"
+    pod = api["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["recall", "serve"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # a snapshot load may take minutes: the startup probe allows ten before liveness applies
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert container["envFrom"] == [{"configMapRef": {"name": "recall-settings"}}]
+    token = {e["name"]: e for e in container["env"]}["RECALL_ADMIN_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "recall-admin"
+    assert pod["securityContext"]["runAsNonRoot"]
+    assert pod["terminationGracePeriodSeconds"] > 20  # the service's shutdown grace (20 s)
+    from service.settings import load_settings
+
+    for name, value in objects[("ConfigMap", "recall-settings")]["data"].items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().redis_url is not None  # every setting is one the service takes
+    rebuild = objects[("CronJob", "recall-rebuild")]
+    [job] = _containers(rebuild)
+    assert "--notify" in job["command"] and "build-index" in job["command"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}  # fmt: skip
+    assert claims == {"recall-snapshots"}
+    assert objects[("PodDisruptionBudget", "recall-api")]["spec"]["minAvailable"] >= 1
+    hpa = objects[("HorizontalPodAutoscaler", "recall-api")]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "recall-api" and hpa["minReplicas"] >= 2
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendering_matches_kubectl_kustomize(overlay: str) -> None:
+    import yaml
+
+    result = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    theirs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    assert sorted(theirs, key=key) == sorted(render(K8S / "overlays" / overlay), key=key)
