@@ -8,7 +8,8 @@ with nothing excluded; k and exclusions add to it), and a request is refused wit
 ``overloaded`` and ``Retry-After`` when the cost queued ahead of it would pass
 ``max_queued_cost`` (its wait), all queued cost would pass ``max_pending_cost``, or the
 oldest queued job has waited ``shed_after_ms``. A queue that has not been empty for
-``standing_after_ms`` is standing: the load is past what the loop answers, not a burst, and
+``standing_after_ms`` (the rest of a big job answered in parts aside) is standing: the load is
+past what the loop answers, not a burst, and
 the bounds tighten to ``standing_shed_ms`` of wait and one pass (``max_flush_cost``) ahead,
 so what is admitted is answered in a few milliseconds and the rest refused at once (the
 controlled delay of Maurer, "Fail at scale", ACM Queue 2015: a long bound absorbs bursts,
@@ -243,6 +244,8 @@ class RecallBatcher:
                 break
         if self._pending:  # the rest in the next pass, after the loop has done its I/O
             asyncio.get_running_loop().call_soon(self._flush)
+            if not any(job.taken == 0 for job in self._pending):
+                self._empty_at = self.clock()  # only the parts of big jobs: known work
         else:
             self._scheduled = False
             self._empty_at = self.clock()
