@@ -9,9 +9,8 @@ with nothing excluded; k and exclusions add to it), and a request is refused wit
 ``max_queued_cost`` (its wait), all queued cost would pass ``max_pending_cost``, or the
 oldest queued job has waited ``shed_after_ms``. A queue that has not been empty for
 ``standing_after_ms`` (the rest of a big job answered in parts aside) is standing: the load is
-past what the loop answers, not a burst, and
-the bounds tighten to ``standing_shed_ms`` of wait and one pass (``max_flush_cost``) ahead,
-so what is admitted is answered in a few milliseconds and the rest refused at once (the
+past what the loop answers, not a burst, and the bounds tighten to ``standing_shed_ms`` of
+wait and one pass (``max_flush_cost``) ahead, so what is admitted is answered in a few milliseconds and the rest refused at once (the
 controlled delay of Maurer, "Fail at scale", ACM Queue 2015: a long bound absorbs bursts,
 a short one keeps a standing queue short). Overload then costs the loop a parse and a
 short answer per request instead of an ever longer queue. An idle batcher admits any job.
