@@ -160,3 +160,22 @@ def test_rendering_matches_kubectl_kustomize(overlay: str) -> None:
     theirs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
     assert sorted(theirs, key=key) == sorted(render(K8S / "overlays" / overlay), key=key)
+
+
+def test_compose_fleet_profile_runs_two_replicas_behind_haproxy() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    fleet = compose["api-fleet"]
+    assert fleet["profiles"] == ["fleet"] and fleet["deploy"]["replicas"] == 2
+    assert fleet["environment"]["RECALL_REDIS_URL"].startswith("redis://redis")
+    lb = compose["lb"]
+    assert lb["profiles"] == ["fleet"] and "haproxy" in lb["image"]
+    config = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    assert "server-template api 2 api-fleet:8000 check" in config
+    assert "option httpchk GET /readyz" in config
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if Path(haproxy).exists():  # haproxy's own check of the file (`make test` installs it)
+        result = subprocess.run([haproxy, "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")],
+                                capture_output=True, text=True, check=False)  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
