@@ -10,10 +10,11 @@ with nothing excluded; k and exclusions add to it), and a request is refused wit
 oldest queued job has waited ``shed_after_ms``. A queue that has not been empty for
 ``standing_after_ms`` (the rest of a big job answered in parts aside) is standing: the load is
 past what the loop answers, not a burst, and the bounds tighten to ``standing_shed_ms`` of
-wait and one pass (``max_flush_cost``) ahead, so what is admitted is answered in a few milliseconds and the rest refused at once (the
-controlled delay of Maurer, "Fail at scale", ACM Queue 2015: a long bound absorbs bursts,
-a short one keeps a standing queue short). Overload then costs the loop a parse and a
-short answer per request instead of an ever longer queue. An idle batcher admits any job.
+wait and one pass (``max_flush_cost``) ahead, so what is admitted is answered in a few
+milliseconds and the rest refused at once (the controlled delay of Maurer, "Fail at scale",
+ACM Queue 2015: a long bound absorbs bursts, a short one keeps a standing queue short).
+Overload then costs the loop a parse and a short answer per request instead of an ever
+longer queue. An idle batcher admits any job.
 
 The first job of a pass schedules a flush for the next pass (``loop.call_soon``;
 ``max_wait_ms`` > 0 waits that long instead), so every request the loop parsed meanwhile

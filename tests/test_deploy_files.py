@@ -108,8 +108,9 @@ def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(overlay: 
 
     objects = render(K8S / "overlays" / overlay)
     kinds = sorted({o["kind"] for o in objects})
-    assert kinds == ["ConfigMap", "CronJob", "Deployment", "HorizontalPodAutoscaler",
-                     "PersistentVolumeClaim", "PodDisruptionBudget", "Secret", "Service"]  # fmt: skip
+    assert kinds == sorted(["ConfigMap", "CronJob", "Deployment", "HorizontalPodAutoscaler",
+                            "PersistentVolumeClaim", "PodDisruptionBudget", "Secret",
+                            "Service"])  # fmt: skip
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -176,6 +177,7 @@ def test_compose_fleet_profile_runs_two_replicas_behind_haproxy() -> None:
     assert "option httpchk GET /readyz" in config
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if Path(haproxy).exists():  # haproxy's own check of the file (`make test` installs it)
-        result = subprocess.run([haproxy, "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")],
+        config_path = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+        result = subprocess.run([haproxy, "-c", "-f", str(config_path)],
                                 capture_output=True, text=True, check=False)  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
