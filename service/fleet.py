@@ -160,7 +160,7 @@ class FleetSync:
         if previous is None or (current is not None and previous == current.version):
             swap = self.holder.rollback()
         else:
-            swap = self.holder.reload(previous)
+            swap = self.holder.reload(previous, compare=False)
             swap = Swap(swap.changed, swap.current, swap.previous, f"rolled back to {previous}")
         self.announce()
         return swap
@@ -198,8 +198,8 @@ class FleetSync:
     def _follow(self, target: str) -> bool:
         if target == self.failed:
             return False
-        try:
-            swap = self.holder.reload(target)
+        try:  # the fleet's version passed the comparison where it was promoted
+            swap = self.holder.reload(target, compare=False)
         except ServiceError as exc:
             self.failed = target
             self.note = f"cannot serve the fleet's {target}: {exc.code}"

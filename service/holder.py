@@ -104,9 +104,11 @@ class SnapshotHolder:
         log.warning("no loadable snapshot under %s; recall answers 503 until a reload", self.root)
         return None
 
-    def reload(self, version: str | None = None) -> Swap:
+    def reload(self, version: str | None = None, compare: bool = True) -> Swap:
         """Serve ``version`` (default: the newest snapshot that loads, see ``_reload_newest``);
-        blocking, call it off the loop."""
+        blocking, call it off the loop. ``compare=False`` leaves out the comparison with the
+        serving snapshot (``quality_regression``): following the fleet or rolling back to a
+        version that was already promoted is not a promotion."""
         with self._lock:
             if version is None:
                 return self._reload_newest()
@@ -126,7 +128,7 @@ class SnapshotHolder:
                     )
                 return self._state(False, f"snapshot {version} is already being served")
             try:
-                engine = self._load(version)
+                engine = self._load(version, compare)
             except ServiceError as exc:
                 raise self._failed(exc) from exc
             self._swap(engine)
@@ -180,7 +182,7 @@ class SnapshotHolder:
             self._swap(target, watched=False)
             return self._state(True, f"rolled back to {target.version}")
 
-    def _load(self, version: str) -> RecallEngine:
+    def _load(self, version: str, compare: bool = True) -> RecallEngine:
         started = time.perf_counter()
         try:
             snapshot = load_snapshot(self.root, version)
@@ -200,7 +202,7 @@ class SnapshotHolder:
                 Check.WARMUP_FAILED, f"snapshot {version} failed warm-up: {exc}"
             ) from exc
         try:
-            check_gates(engine, self.current, self.gates)
+            check_gates(engine, self.current if compare else None, self.gates)
         except SnapshotError as exc:
             raise ServiceError.from_snapshot(exc) from exc
         log.info("snapshot %s loaded in %.2fs", version, time.perf_counter() - started)

@@ -15,7 +15,7 @@ import redis
 
 from tests.service.client import AppClient
 from tests.service.test_admin import app_client, serving
-from tests.service.test_gates import variant
+from tests.service.test_gates import scale_quality, variant
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -115,3 +115,21 @@ def test_without_redis_a_replica_is_its_own_fleet(
     with app_client(root) as client:
         view = fleet_view(client, admin)
         assert view == {"fleet": False, "version": newer, "replica": None, "replicas": []}
+
+
+def test_a_follower_takes_the_fleet_version_without_comparing_it_again(
+    private: tuple[Path, list[str]], prefix: str, admin: dict[str, str]
+) -> None:
+    """Promoted where the margin allowed it, a version half as good is the fleet's: a replica
+    with the default margin follows (the comparison is a promotion's, made once)."""
+    root, (older, newer) = private
+    with (
+        replica(root, prefix, "a", gates={"quality_margin": 0.9}) as a,
+        replica(root, prefix, "b") as b,
+    ):
+        halved = variant(root, newer, lambda m: scale_quality(m, 0.5, 0.5))
+        assert a.post("/admin/reload", json={"version": halved}, headers=admin).status_code == 200
+        refused = b.post("/admin/reload", json={"version": halved}, headers=admin)
+        assert refused.json()["error"]["code"] == "quality_regression"  # as a promotion
+        poll(b)
+        assert serving(b) == halved
