@@ -46,7 +46,10 @@ backend replicas
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 100ms fall 1 rise 1
+    # a replica is out after three failed checks (a busy machine answers a check late); a
+    # stopped one refuses connections at once, and those requests are sent again elsewhere
+    timeout check 5s
+    default-server inter 200ms fall 3 rise 1
 {servers}
 """
 
