@@ -125,11 +125,11 @@ def test_auto_sampler_is_popularity_only_for_the_corrected_loss(
 
 def test_split_tables_change_training_knobs_under_their_split_only() -> None:
     config = load_config(ML100K_CONFIG)
-    table = {"teacher": "ease", "teacher_weight": 0.5, "patience": 8, "epochs": 60}
+    table = {"teacher": "ease", "teacher_weight": 0.7, "patience": 8, "epochs": 60}
     assert config.split_train == {"random-811": table}
     assert config.train.teacher == "none"
     random = config.for_split("random-811")
-    assert (random.train.teacher, random.train.teacher_weight) == ("ease", 0.5)
+    assert (random.train.teacher, random.train.teacher_weight) == ("ease", 0.7)
     assert (random.train.patience, config.train.patience) == (8, 4)
     assert random.split_train == {} and random.for_split("random-811") == random
     assert config.for_split("leave-last-out").train == config.train
@@ -139,7 +139,7 @@ def test_split_tables_change_training_knobs_under_their_split_only() -> None:
 
 def test_split_tables_survive_the_artifact_round_trip() -> None:
     raw = load_config(ML100K_CONFIG).to_dict()
-    table = {"teacher": "ease", "teacher_weight": 0.5, "patience": 8, "epochs": 60}
+    table = {"teacher": "ease", "teacher_weight": 0.7, "patience": 8, "epochs": 60}
     assert raw["train"]["random-811"] == table
     applied = load_config(ML100K_CONFIG).for_split("random-811").to_dict()
     assert applied["train"]["teacher"] == "ease" and "random-811" not in applied["train"]
