@@ -65,6 +65,18 @@ def test_every_answer_matches_its_response_schema(client: AppClient) -> None:
     SimilarResponse.model_validate(similar.json())
 
 
+def batch_on_both(client: AppClient, text: str) -> tuple[dict, dict] | None:
+    """POST ``text`` to the batch route's fast path and to FastAPI's route: the same status,
+    the same error body; the two 200 answers, or None for an error."""
+    fast = client.post("/v1/recall/batch", content=text, headers=FAST)
+    route = client.post("/v1/recall/batch", content=text, headers=ROUTE)
+    assert fast.status_code == route.status_code
+    if fast.status_code != 200:
+        assert fast.json() == route.json()
+        return None
+    return fast.json(), route.json()
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -76,19 +88,14 @@ def test_every_answer_matches_its_response_schema(client: AppClient) -> None:
     ],  # fmt: skip
 )
 def test_batch_fast_path_and_route_agree(client: AppClient, body: dict) -> None:
-    text = json.dumps(body)
-    fast = client.post("/v1/recall/batch", content=text, headers=FAST)
-    route = client.post("/v1/recall/batch", content=text, headers=ROUTE)
-    assert fast.status_code == route.status_code
-    if fast.status_code != 200:
-        assert fast.json() == route.json()
+    answers = batch_on_both(client, json.dumps(body))
+    if answers is None:
         return
-    for answer in (fast.json(), route.json()):
+    for answer in answers:
         BatchRecallResponse.model_validate(answer)
-    strip = [{k: v for k, v in r.items() if k not in ("took_ms", "user")}
-             for r in fast.json()["results"]]  # fmt: skip
-    assert strip == [{k: v for k, v in r.items() if k not in ("took_ms", "user")}
-                     for r in route.json()["results"]]  # fmt: skip
+    fast, route = ([{k: v for k, v in r.items() if k not in ("took_ms", "user")}
+                    for r in answer["results"]] for answer in answers)  # fmt: skip
+    assert fast == route
 
 
 @pytest.mark.parametrize(
@@ -109,12 +116,8 @@ def test_batch_fast_path_and_route_agree(client: AppClient, body: dict) -> None:
 def test_batch_texts_parse_alike_on_both_entry_points(client: AppClient, text: str) -> None:
     """The fast path parses a batch one request at a time; whatever the text, it answers what
     FastAPI's route (which parses it whole) answers."""
-    fast = client.post("/v1/recall/batch", content=text, headers=FAST)
-    route = client.post("/v1/recall/batch", content=text, headers=ROUTE)
-    assert fast.status_code == route.status_code
-    if fast.status_code != 200:
-        assert fast.json() == route.json()
+    answers = batch_on_both(client, text)
+    if answers is None:
         return
-    assert [len(r["items"]) for r in fast.json()["results"]] == [
-        len(r["items"]) for r in route.json()["results"]
-    ]
+    fast, route = ([len(r["items"]) for r in answer["results"]] for answer in answers)
+    assert fast == route
