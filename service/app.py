@@ -35,7 +35,7 @@ from service.schemas import request_schemas
 from service.settings import Settings, load_settings
 from service.state import Services
 from service.tiered import TieredEmbeddingCache
-from service.watch import Watch, guard
+from service.watch import Guard, Watch
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ def create_app(settings: Settings, cache: EmbeddingCache | None = None) -> FastA
             recaller = Recaller(opened, metrics, settings.cache, monitor)
             batcher = RecallBatcher(recaller, settings.batch, metrics, watch=watch)
             rollback = fleet.rollback if fleet is not None else holder.rollback
-            guarding = asyncio.create_task(guard(watch, rollback, metrics.auto_rollbacks.inc))
-            services = Services(settings, holder, opened, recaller, metrics, batcher, fleet)
+            guard = Guard(watch, rollback, metrics.auto_rollbacks.inc, settings.watch.check_every_s)
+            guarding = asyncio.create_task(guard.run())
+            services = Services(settings, holder, opened, recaller, metrics, batcher, fleet, guard)
             yield {"services": services}
         finally:
             for task in (poller, guarding):

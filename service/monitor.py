@@ -100,6 +100,10 @@ class AnnMonitor:
                 self._queue.put_nowait((None, None))  # type: ignore[arg-type]
             self._thread.join(10)
 
+    def join(self) -> None:
+        """Until every sample queued so far is measured (or dropped at a stop)."""
+        self._queue.join()
+
     def _run(self) -> None:
         while not self._stopped.is_set():
             batch = [self._queue.get()]
@@ -108,16 +112,18 @@ class AnnMonitor:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            taken = len(batch)
             batch = [(e, v) for e, v in batch if e is not None]
-            if not batch:
-                continue
-            self._pace()
-            started = time.monotonic()
-            try:
-                self.measure(batch)
-            except Exception:
-                log.exception("ANN recall measurement failed")
-            self._busy_s += time.monotonic() - started
+            if batch:
+                self._pace()
+                started = time.monotonic()
+                try:
+                    self.measure(batch)
+                except Exception:
+                    log.exception("ANN recall measurement failed")
+                self._busy_s += time.monotonic() - started
+            for _ in range(taken):
+                self._queue.task_done()
 
     def _pace(self) -> None:
         """Wait while this thread has used more than ``cpu_share`` of the time since start."""

@@ -154,6 +154,7 @@ class WatchSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
     window_s: float = Field(default=60.0, ge=0.0, le=86_400.0, description="0 turns it off")
+    check_every_s: float = Field(default=1.0, gt=0.0, le=3600.0, description="verdict period")
     min_requests: int = Field(default=50, ge=1, description="on each side before it judges")
     max_error_increase: float = Field(default=0.02, ge=0.0, le=1.0, description="absolute share")
     max_p99_ratio: float = Field(default=2.0, ge=1.0, le=100.0)

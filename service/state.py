@@ -13,6 +13,7 @@ from service.holder import SnapshotHolder
 from service.metrics import Metrics
 from service.recaller import Recaller
 from service.settings import Settings
+from service.watch import Guard
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Services:
     metrics: Metrics
     batcher: RecallBatcher
     fleet: FleetSync | None = None  # with a Redis: the fleet's one version
+    guard: Guard | None = None  # the watch after a reload (service.watch)
 
 
 async def services(request: Request) -> Services:

@@ -163,18 +163,29 @@ class Watch:
         )
 
 
-async def guard(watch: Watch, rollback: Callable[[], object], on_rollback: Callable[[], None],
-                every_s: float = 1.0) -> None:  # fmt: skip
-    """The app's watch task: every ``every_s``, ask for a verdict and roll back on one."""
-    while True:
-        await asyncio.sleep(every_s)
-        reason = watch.verdict()
+class Guard:
+    """The app's watch task: every ``every_s``, a verdict, and a rollback on one."""
+
+    def __init__(self, watch: Watch, rollback: Callable[[], object],
+                 on_rollback: Callable[[], None], every_s: float = 1.0):  # fmt: skip
+        self.watch, self.rollback, self.on_rollback = watch, rollback, on_rollback
+        self.every_s = every_s
+
+    async def check(self) -> str | None:
+        """One verdict; rolls back on one and returns why (None: nothing to do)."""
+        reason = self.watch.verdict()
         if reason is None:
-            continue
+            return None
         log.error("rolling back: %s", reason)
         try:
-            await run_in_threadpool(rollback)
+            await run_in_threadpool(self.rollback)
         except Exception:  # e.g. nothing to roll back to any more; the next swap is watched
             log.exception("the automatic rollback failed")
-            continue
-        on_rollback()
+            return None
+        self.on_rollback()
+        return reason
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self.check()
