@@ -5,8 +5,11 @@ fleet has converged after each change every answer carries the fleet's version."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -61,6 +64,7 @@ class Load:
     def __init__(self, url: str):
         self.url = url
         self.answers: list[tuple[float, int, str | None]] = []  # (monotonic, status, snapshot)
+        self.answered = threading.Condition()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -72,31 +76,32 @@ class Load:
                 try:
                     response = client.post("/v1/recall", json={"user_id": str(user % 40), "k": 5})
                     body = response.json() if response.status_code == 200 else {}
-                    self.answers.append((time.monotonic(), response.status_code,
-                                         body.get("snapshot")))  # fmt: skip
+                    answer = (time.monotonic(), response.status_code, body.get("snapshot"))
                 except httpx.HTTPError as exc:
-                    self.answers.append((time.monotonic(), 0, repr(exc)))
+                    answer = (time.monotonic(), 0, repr(exc))
+                with self.answered:
+                    self.answers.append(answer)
+                    self.answered.notify_all()
 
     def count(self) -> int:
         return len(self.answers)
 
     def wait_for_more(self, n: int = 20) -> None:
         """Until ``n`` more answers came back (the load is flowing)."""
-        target = self.count() + n
-        deadline = time.monotonic() + 60
-        while self.count() < target:
-            assert time.monotonic() < deadline, "the load stopped moving"
-            time.sleep(0.01)
+        with self.answered:
+            target = len(self.answers) + n
+            moved = self.answered.wait_for(lambda: len(self.answers) >= target, timeout=60)
+        assert moved, "the load stopped moving"
 
     def since(self, moment: float) -> list[tuple[float, int, str | None]]:
         return [a for a in self.answers if a[0] > moment]
 
 
 def wait_until(check: Any, what: str, timeout_s: float = 60.0) -> None:
+    """Until ``check()`` (HTTP calls to the replicas, each a round trip) holds."""
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def serves(server: Server) -> str | None:
@@ -122,16 +127,19 @@ def fleet(
     lines = "\n".join(f"    server r{i} 127.0.0.1:{p} check" for i, p in enumerate(ports))
     config = tmp_path / "haproxy.cfg"
     config.write_text(CONFIG.format(port=lb_port, servers=lines))
-    haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pidfile = tmp_path / "haproxy.pid"
+    # -D: the command returns once haproxy listens (its daemon runs on)
+    subprocess.run([HAPROXY, "-D", "-p", str(pidfile), "-f", str(config)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{lb_port}"
-    wait_until(lambda: _answers(url), "haproxy to answer")
+    assert _answers(url)
     restart = {"snapshots": snapshots, "folder": tmp_path / "logs", "env": env, "ports": ports}
     try:
         yield servers, versions, url, restart
     finally:
-        haproxy.terminate()
-        haproxy.wait(10)
+        for pid in pidfile.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
         for server in servers:
             server.stop()
 
