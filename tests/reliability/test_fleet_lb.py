@@ -83,9 +83,6 @@ class Load:
                     self.answers.append(answer)
                     self.answered.notify_all()
 
-    def count(self) -> int:
-        return len(self.answers)
-
     def wait_for_more(self, n: int = 20) -> None:
         """Until ``n`` more answers came back (the load is flowing)."""
         with self.answered:
