@@ -39,6 +39,11 @@ from service.settings import FleetSettings, RedisSettings
 log = logging.getLogger(__name__)
 
 
+def _text(value: Any) -> str | None:
+    """A Redis value (bytes, or None for a missing key) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def replica_name() -> str:
     """This process's name in the fleet: host name and process id."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -70,8 +75,7 @@ class Fleet:
 
     def target(self) -> str | None:
         """The version the fleet serves (None: none set yet). Raises redis.RedisError."""
-        value = self.client.get(self.version_key)
-        return value.decode() if isinstance(value, bytes) else value
+        return _text(self.client.get(self.version_key))
 
     @property
     def previous_key(self) -> str:
@@ -83,14 +87,13 @@ class Fleet:
             pipe.get(self.version_key)
             pipe.set(self.version_key, version)
             old, _ = pipe.execute()
-        old = old.decode() if isinstance(old, bytes) else old
+        old = _text(old)
         if old is not None and old != version:
             self.client.set(self.previous_key, old)
 
     def previous(self) -> str | None:
         """The version the fleet served before its current one (a rollback's target)."""
-        value = self.client.get(self.previous_key)
-        return value.decode() if isinstance(value, bytes) else value
+        return _text(self.client.get(self.previous_key))
 
     def claim(self, version: str) -> str:
         """Set the fleet's version to ``version`` unless one is set; the fleet's version."""
