@@ -74,8 +74,10 @@ def newest(root: Path) -> str | None:
     return newest_valid(root)
 
 
-def ensure(work: Path, users: int, items: int) -> dict[str, tuple[Path, str]]:
-    """Build what is missing; returns ``{"ivf": (root, version), "hnsw": (root, version)}``."""
+def ensure(
+    work: Path, users: int, items: int, kinds: tuple[str, ...] = ("ivf", "hnsw")
+) -> dict[str, tuple[Path, str]]:
+    """Build what is missing of ``kinds``; returns ``{"ivf": (root, version), ...}``."""
     from index_builder.build import BuildOptions, build_snapshot
     from models.synth import write_synthetic
 
@@ -93,6 +95,8 @@ def ensure(work: Path, users: int, items: int) -> dict[str, tuple[Path, str]]:
         log.info("training in %.0fs", time.perf_counter() - started)
     out = {}
     for name, kind in (("ivf", "auto"), ("hnsw", "hnsw")):
+        if name not in kinds:
+            continue
         root = work / ("snapshots" if name == "ivf" else f"snapshots-{name}")
         version = newest(root)
         if version is None:

@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy-base", type=float, default=1000.0,
                         help="the warm mix's rate in the heavy-client step")  # fmt: skip
     args = parser.parse_args(argv)
-    snapshots = ensure(args.work, 200_000, 1_000_000)
+    kinds = ("ivf", "hnsw") if "naive" in args.services.split(",") else ("ivf",)
+    snapshots = ensure(args.work, 200_000, 1_000_000, kinds)
     root, version = snapshots["ivf"]
     manifest = json.loads((root / version / "manifest.json").read_text())
     mixes = Mixes(manifest["counts"]["users"], manifest["counts"]["items"], args.k,
