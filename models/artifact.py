@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from models.config import TrainConfig
 from models.encoding import id_feature
-from models.features import FeatureSpec
+from models.features import FeatureDef, FeatureSpec
 from models.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -145,42 +145,123 @@ def load_artifact(path: Path) -> Artifact:
     )
 
 
-def warm_start(model: TwoTower, previous: Artifact) -> dict[str, int]:
-    """Copy rows for ids both vocabularies share, and dense layers whose shapes match.
+class WarmStartError(ValueError):
+    """A previous artifact whose table cannot seed the new model's (the message names it)."""
 
-    Returns the number of copied rows per embedding table.
+
+def _row_pairs(
+    side: str, feature: FeatureDef, old_spec: FeatureSpec, new_spec: FeatureSpec,
+    item_vocabs: tuple[dict[str, int], dict[str, int]],
+) -> tuple[list[int], list[int]]:  # fmt: skip
+    """(new rows, old rows) of the values both tables hold, the unknown/padding row 0 first."""
+    old_feature = old_spec.get(feature.name)
+    table = f"{side}.{feature.name}"
+    if old_feature.kind != feature.kind:
+        raise WarmStartError(
+            f"warm start: table {table} was a {old_feature.kind!r} feature and is now "
+            f"{feature.kind!r}; its rows mean different things: rename the feature or train "
+            "without --init-from"
+        )
+    if feature.kind == "bucket":
+        if tuple(old_feature.boundaries) != tuple(feature.boundaries):
+            raise WarmStartError(
+                f"warm start: table {table} has bucket boundaries {list(feature.boundaries)}, "
+                f"the previous artifact {list(old_feature.boundaries)}; its rows would be other "
+                "buckets: keep the boundaries or train without --init-from"
+            )
+        rows = list(range(len(feature.boundaries) + 2))
+        return rows, rows
+    if feature.kind == "history":
+        old_vocab, new_vocab = item_vocabs
+    else:
+        old_vocab, new_vocab = old_spec.vocabs[feature.name], new_spec.vocabs[feature.name]
+    pairs = [(new, old_vocab[v]) for v, new in new_vocab.items() if v in old_vocab]
+    return [0] + [new for new, _ in pairs], [0] + [old for _, old in pairs]
+
+
+def _input_columns(spec: FeatureSpec) -> dict[str, range]:
+    """Where each feature's part lies in the concatenated input of a tower's first layer."""
+    out, at = {}, 0
+    for feature in spec.features:
+        width = 2 if feature.kind == "numeric" else spec.dims[feature.name]
+        out[feature.name] = range(at, at + width)
+        at += width
+    return out
+
+
+def _first_layer_columns(
+    old_spec: FeatureSpec, new_spec: FeatureSpec
+) -> tuple[list[int], list[int]]:
+    """(new columns, old columns) of the first layer's inputs that read the same dimensions."""
+    old_cols, new_cols = _input_columns(old_spec), _input_columns(new_spec)
+    pairs = [
+        (new_cols[name][d], old_cols[name][d])
+        for name in new_cols
+        if name in old_cols
+        for d in range(min(len(new_cols[name]), len(old_cols[name])))
+    ]
+    return [new for new, _ in pairs], [old for _, old in pairs]
+
+
+def warm_start(model: TwoTower, previous: Artifact) -> dict[str, int]:
+    """Seed ``model`` from ``previous`` wherever both hold the same thing; returns rows copied.
+
+    Every embedding table copies the rows of the ids (values, buckets) both vocabularies hold,
+    and of those rows the dimensions both have (the first ``min(old, new)``: automatic sizes
+    grow with the catalogue, and a grown table keeps what it learnt). Every linear layer
+    copies the weights between inputs and outputs both models have; the first layer's inputs
+    are matched feature by feature, so a feature whose table grew keeps its part of the
+    layer. A table whose feature changed kind, or a bucket table whose boundaries changed,
+    raises :class:`WarmStartError` naming it; a feature the previous model did not have starts
+    fresh, and the log says so.
     """
     copied: dict[str, int] = {}
-    old_item_vocab = previous.item_spec.vocabs[id_feature(previous.item_spec)]
-    new_item_vocab = model.item_tower.spec.vocabs[id_feature(model.item_tower.spec)]
+    item_vocabs = (
+        previous.item_spec.vocabs[id_feature(previous.item_spec)],
+        model.item_tower.spec.vocabs[id_feature(model.item_tower.spec)],
+    )
     old_state = previous.model.state_dict()
+    fresh: list[str] = []
     with torch.no_grad():
         for side in ("user_tower", "item_tower"):
             tower = getattr(model, side)
             old_spec = getattr(previous, "user_spec" if side == "user_tower" else "item_spec")
-            for name, table in tower.embeddings.items():
-                key = f"{side}.embeddings.{name}.weight"
-                if key not in old_state or old_state[key].shape[1] != table.weight.shape[1]:
+            old_names = {f.name for f in old_spec.features}
+            for feature in tower.spec.features:
+                if feature.name not in old_names:
+                    fresh.append(f"{side}.{feature.name}")
                     continue
-                feature = tower.spec.get(name)
-                if feature.kind == "history":
-                    old_vocab, new_vocab = old_item_vocab, new_item_vocab
-                elif feature.kind == "bucket":
-                    n = min(len(old_state[key]), len(table.weight))
-                    table.weight[:n] = old_state[key][:n]
-                    copied[f"{side}.{name}"] = n
+                if feature.kind == "numeric" or feature.name in tower.spec.one_hot:
+                    continue  # one-hot: a fixed identity, nothing learnt to carry over
+                if feature.name in old_spec.one_hot:
+                    fresh.append(f"{side}.{feature.name}")
                     continue
+                table = tower.embeddings[feature.name].weight
+                old = old_state[f"{side}.embeddings.{feature.name}.weight"]
+                new_rows, old_rows = _row_pairs(side, feature, old_spec, tower.spec, item_vocabs)
+                dims = min(old.shape[1], table.shape[1])
+                kept = [(n, o) for n, o in zip(new_rows, old_rows, strict=True)
+                        if n < len(table) and o < len(old)]  # fmt: skip
+                if kept:
+                    rows_new, rows_old = (torch.tensor(p) for p in zip(*kept, strict=True))
+                    table[rows_new, :dims] = old[rows_old, :dims]
+                copied[f"{side}.{feature.name}"] = len(kept) - 1  # the unknown row is not an id
+                log.info("warm start %s.%s: %d rows x %d of %d dims copied", side,
+                         feature.name, len(kept) - 1, dims, table.shape[1])  # fmt: skip
+            linear = [m for m in tower.mlp if isinstance(m, torch.nn.Linear)]
+            old_linear = [k[: -len(".weight")] for k in old_state
+                          if k.startswith(f"{side}.mlp.") and k.endswith(".weight")]  # fmt: skip
+            for index, (layer, key) in enumerate(zip(linear, old_linear, strict=False)):
+                weight, bias = old_state[f"{key}.weight"], old_state.get(f"{key}.bias")
+                outputs = min(weight.shape[0], layer.weight.shape[0])
+                if index == 0:
+                    new_cols, old_cols = _first_layer_columns(old_spec, tower.spec)
                 else:
-                    old_vocab, new_vocab = old_spec.vocabs[name], tower.spec.vocabs[name]
-                pairs = [(new, old_vocab[v]) for v, new in new_vocab.items() if v in old_vocab]
-                if pairs:
-                    new_rows, old_rows = (torch.tensor(p) for p in zip(*pairs, strict=True))
-                    table.weight[new_rows] = old_state[key][old_rows]
-                table.weight[0] = old_state[key][0]
-                copied[f"{side}.{name}"] = len(pairs)
-            for key, value in tower.mlp.state_dict().items():
-                old = old_state.get(f"{side}.mlp.{key}")
-                if old is not None and old.shape == value.shape:
-                    value.copy_(old)
+                    new_cols = old_cols = list(range(min(weight.shape[1], layer.weight.shape[1])))
+                layer.weight[:outputs, new_cols] = weight[:outputs, old_cols]
+                if bias is not None and layer.bias is not None:
+                    layer.bias[:outputs] = bias[:outputs]
+    if fresh:
+        log.info("warm start: %s not in the previous artifact, trained from scratch", fresh)
     log.info("warm start copied rows: %s", copied)
     return copied

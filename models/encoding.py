@@ -68,10 +68,13 @@ def fit_specs(
     """Fit vocabularies and normalisers on the training rows only (ids) and the tables."""
     inter = dataset.interactions
     scale, high = config.model.embedding_scale, config.model.embedding_max
+    one_hot = config.model.one_hot_max
     item_spec = FeatureSpec("item", list(config.item_features))
     item_cols = dataset.items.columns if dataset.items is not None else {}
     train_items = inter.item_ids[split.train]
-    item_spec.fit(item_cols, ids_seen=train_items.tolist(), scale=scale, high=high)
+    item_spec.fit(
+        item_cols, ids_seen=train_items.tolist(), scale=scale, high=high, one_hot_max=one_hot
+    )
     user_spec = FeatureSpec("user", list(config.user_features))
     user_cols = dataset.users.columns if dataset.users is not None else {}
     user_spec.fit(
@@ -80,6 +83,7 @@ def fit_specs(
         scale=scale,
         high=high,
         item_vocab_size=len(item_spec.vocabs[id_feature(item_spec)]),
+        one_hot_max=one_hot,
     )
     return user_spec, item_spec
 

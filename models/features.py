@@ -22,6 +22,7 @@ import numpy as np
 Kind = Literal["id", "categorical", "multi_hot", "numeric", "bucket", "history"]
 KINDS: tuple[str, ...] = ("id", "categorical", "multi_hot", "numeric", "bucket", "history")
 UNKNOWN = 0
+ONE_HOT_KINDS = ("categorical", "bucket")
 
 
 class FeatureConfigError(ValueError):
@@ -93,6 +94,8 @@ class FeatureSpec:
     vocabs: dict[str, dict[str, int]] = field(default_factory=dict)
     stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # numeric mean, std
     dims: dict[str, int] = field(default_factory=dict)
+    # categorical / bucket features encoded one-hot: a fixed identity table, dims = rows
+    one_hot: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> FeatureDef:
         for feature in self.features:
@@ -118,11 +121,15 @@ class FeatureSpec:
         scale: float = 8.0,
         item_vocab_size: int = 0,
         high: int = 64,
+        one_hot_max: int = 0,
     ) -> FeatureSpec:
         """Learn vocabularies and normalisers.
 
         ``columns`` holds the raw table columns; ``ids_seen`` the ids that have training
-        interactions (only those get their own id row; others share the unknown row).
+        interactions (only those get their own id row; others share the unknown row). A
+        categorical or bucket feature of at most ``one_hot_max`` rows (unknown included) and no
+        declared ``dim`` is one-hot: a learned table of that few rows is mostly a costlier way
+        to say the same (gender: 3 rows got 21 dimensions).
         """
         for feature in self.features:
             if feature.kind == "id":
@@ -140,10 +147,15 @@ class FeatureSpec:
                 mean = float(finite.mean()) if finite.size else 0.0
                 std = float(finite.std()) if finite.size > 1 else 1.0
                 self.stats[feature.name] = (mean, std if std > 1e-12 else 1.0)
+        self.one_hot = []
         for feature in self.features:
             if feature.kind == "numeric":
                 continue
             card = self.cardinality(feature, item_vocab_size)
+            if feature.kind in ONE_HOT_KINDS and not feature.dim and card <= one_hot_max:
+                self.one_hot.append(feature.name)
+                self.dims[feature.name] = card
+                continue
             self.dims[feature.name] = feature.dim or auto_dim(card, scale, high=high)
         return self
 
@@ -220,6 +232,7 @@ class FeatureSpec:
             "vocabs": self.vocabs,
             "stats": {k: list(v) for k, v in self.stats.items()},
             "dims": self.dims,
+            "one_hot": self.one_hot,
         }
 
     @classmethod
@@ -230,6 +243,7 @@ class FeatureSpec:
             vocabs={k: dict(v) for k, v in raw["vocabs"].items()},
             stats={k: (float(v[0]), float(v[1])) for k, v in raw["stats"].items()},
             dims={k: int(v) for k, v in raw["dims"].items()},
+            one_hot=[str(name) for name in raw.get("one_hot", [])],
         )
 
 

@@ -164,7 +164,11 @@ class Tower(nn.Module):
             pad = 0 if feature.kind in POOLED else None
             table = nn.Embedding(rows, dim, padding_idx=pad)
             nn.init.normal_(table.weight, std=0.05)
-            if pad is not None:
+            if feature.name in spec.one_hot:  # a fixed identity: row r is the r-th unit vector
+                with torch.no_grad():
+                    table.weight.copy_(torch.eye(rows, dim))
+                table.weight.requires_grad_(False)
+            elif pad is not None:
                 with torch.no_grad():
                     table.weight[pad].zero_()
             self.embeddings[feature.name] = table

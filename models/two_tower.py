@@ -25,6 +25,8 @@ class ModelConfig:
     history_dropout: float = 0.0  # training only: drop a user's whole history with this probability
     embedding_scale: float = 8.0  # auto embedding size = scale * cardinality ** 0.25 ...
     embedding_max: int = 64  # ... clamped to [4, embedding_max]
+    # categorical / bucket features with at most this many rows (unknown included) are one-hot
+    one_hot_max: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:

@@ -14,6 +14,7 @@ from torch import Tensor
 from models.artifact import (
     Artifact,
     ArtifactInvalidError,
+    WarmStartError,
     load_artifact,
     save_artifact,
     warm_start,
@@ -167,3 +168,62 @@ def test_warm_start_copies_rows_for_shared_ids_only(tmp_path: Path) -> None:
     for name, value in old.state_dict().items():
         if ".mlp." in name:  # same shapes: dense layers are copied whole
             assert torch.equal(new.state_dict()[name], value)
+
+
+def test_warm_start_keeps_the_shared_dimensions_of_a_grown_table() -> None:
+    """Sizes chosen from a grown catalogue: rows and the first dimensions carry over, and the
+    first layer keeps each feature's part of its input (issue: tables were dropped silently)."""
+    config = ModelConfig(hidden=[8], dim=4)
+    old_user, old_item = specs(["a", "b", "c"])
+    new_user, new_item = specs(["a", "b", "c", "d"])
+    for spec, dim in ((old_user, 3), (old_item, 3), (new_user, 5), (new_item, 5)):
+        spec.dims = {name: dim for name in spec.dims}
+    torch.manual_seed(0)
+    old = TwoTower(config, old_user, old_item)
+    torch.manual_seed(1)
+    new = TwoTower(config, new_user, new_item)
+    fresh = {name: value.clone() for name, value in new.state_dict().items()}
+    train_config = TrainConfig("x", "", old_user.features, old_item.features, config)
+    copied = warm_start(new, Artifact(old, train_config, old_user, old_item))
+
+    assert copied == {"user_tower.user_id": 2, "user_tower.history": 3, "item_tower.item_id": 3}
+    old_state, new_state = old.state_dict(), new.state_dict()
+    table = "item_tower.embeddings.item_id.weight"  # rows a, b, c: the same numbers both times
+    assert torch.equal(new_state[table][:4, :3], old_state[table][:4, :3])
+    assert torch.equal(new_state[table][:, 3:], fresh[table][:, 3:])  # the new dimensions
+    assert torch.equal(new_state[table][4], fresh[table][4])  # d is new
+    # user tower input: user_id [0:3) -> [0:5), history [3:6) -> [5:10)
+    first, old_first = new_state["user_tower.mlp.1.weight"], old_state["user_tower.mlp.1.weight"]
+    assert torch.equal(first[:, [0, 1, 2, 5, 6, 7]], old_first)
+    assert torch.equal(first[:, [3, 4, 8, 9]], fresh["user_tower.mlp.1.weight"][:, [3, 4, 8, 9]])
+    assert torch.equal(new_state["user_tower.mlp.4.weight"], old_state["user_tower.mlp.4.weight"])
+
+
+@pytest.mark.parametrize(
+    ("old_feature", "new_feature", "named"),
+    [
+        (
+            FeatureDef("age", "categorical"),
+            FeatureDef("age", "bucket", boundaries=(18.0,)),
+            "categorical",
+        ),
+        (
+            FeatureDef("age", "bucket", boundaries=(18.0, 30.0)),
+            FeatureDef("age", "bucket", boundaries=(20.0, 30.0)),
+            "boundaries",
+        ),
+    ],
+)
+def test_warm_start_refuses_a_table_whose_rows_changed_meaning(
+    old_feature: FeatureDef, new_feature: FeatureDef, named: str
+) -> None:
+    config = ModelConfig(hidden=[8], dim=4)
+    _, item = specs(["a", "b"])
+    sides = []
+    for feature in (old_feature, new_feature):
+        user = FeatureSpec("user", [FeatureDef("user_id", "id"), feature])
+        sides.append(user.fit({"age": ["20", "40"]}, ["u1", "u2"]))
+    old, new = TwoTower(config, sides[0], item), TwoTower(config, sides[1], item)
+    train_config = TrainConfig("x", "", sides[0].features, item.features, config)
+    with pytest.raises(WarmStartError, match=rf"user_tower\.age.*{named}"):
+        warm_start(new, Artifact(old, train_config, sides[0], item))

@@ -182,3 +182,42 @@ def test_dropout_zeroes_about_p_and_keeps_the_expectation() -> None:
     assert torch.equal(layer.eval()(x), x)
     first, second = Dropout(0.5, np.random.default_rng(3)), Dropout(0.5, np.random.default_rng(3))
     assert torch.equal(first(x), second(x))  # the stream decides the mask
+
+
+def test_tiny_categorical_and_bucket_features_are_one_hot_and_stay_fixed() -> None:
+    """Under ``one_hot_max`` a feature's rows are unit vectors that training never changes."""
+    features = [
+        FeatureDef("user_id", "id"),
+        FeatureDef("gender", "categorical"),  # 2 values + unknown: 3 rows
+        FeatureDef("job", "categorical"),  # 5 values + unknown: 6 rows
+        FeatureDef("age", "bucket", boundaries=(18.0,)),  # 3 rows
+        FeatureDef("sized", "categorical", dim=7),  # a declared size is kept
+    ]
+    columns = {"gender": ["M", "F"], "job": list("abcde"), "sized": ["x", "y"]}
+    spec = FeatureSpec("user", features).fit(columns, ["u1", "u2"], one_hot_max=4)
+    assert spec.one_hot == ["gender", "age"]
+    assert (spec.dims["gender"], spec.dims["age"], spec.dims["sized"]) == (3, 3, 7)
+    assert spec.dims["job"] != 6 and FeatureSpec.from_json(spec.to_json()).one_hot == spec.one_hot
+
+    tower = Tower(spec, hidden=[8], out_dim=4)
+    for name in ("gender", "age"):
+        assert torch.equal(tower.embeddings[name].weight, torch.eye(3))
+    before = {name: p.detach().clone() for name, p in tower.named_parameters()}
+    inputs: TowerInputs = {
+        "user_id": torch.tensor([1, 2]),
+        "gender": torch.tensor([1, 2]),
+        "job": torch.tensor([3, 0]),
+        "age": torch.tensor([2, 1]),
+        "sized": torch.tensor([1, 2]),
+    }
+    optimiser = torch.optim.Adam(tower.parameters(), lr=0.1)
+    tower(inputs).sum().backward()
+    optimiser.step()
+    after = dict(tower.named_parameters())
+    for name in ("embeddings.gender.weight", "embeddings.age.weight"):
+        assert torch.equal(after[name], before[name])
+    assert not torch.equal(after["embeddings.job.weight"], before["embeddings.job.weight"])
+
+
+def test_no_feature_is_one_hot_by_default() -> None:
+    assert user_spec().one_hot == []
