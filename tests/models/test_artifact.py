@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,12 @@ from models.artifact import (
 from models.config import TrainConfig
 from models.data import load_dataset
 from models.encoding import Histories, encode_dataset
+from models.experiment import run_training
 from models.features import FeatureDef, FeatureSpec
 from models.train import Inputs, all_item_vectors, user_vectors
 from models.two_tower import ModelConfig, TwoTower
 
-from .conftest import Trained
+from .conftest import Trained, tiny_config_for
 
 FILES = [
     "config.json",
@@ -227,3 +230,26 @@ def test_warm_start_refuses_a_table_whose_rows_changed_meaning(
     train_config = TrainConfig("x", "", sides[0].features, item.features, config)
     with pytest.raises(WarmStartError, match=rf"user_tower\.age.*{named}"):
         warm_start(new, Artifact(old, train_config, sides[0], item))
+
+
+def test_a_run_with_init_from_grows_every_table_from_a_smaller_artifact(
+    trained: Trained, tiny_data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``recall train --init-from``: larger automatic sizes (as a grown catalogue gets) still
+    copy every table, and the log says how much of each."""
+    previous = load_artifact(trained())
+    config = tiny_config_for(tiny_data_dir, epochs=1)
+    config = replace(config, model=replace(config.model, embedding_scale=16.0))
+    with caplog.at_level(logging.INFO, logger="models.artifact"):
+        grown = run_training(config, "leave-last-out", tmp_path / "grown", init_from=trained(),
+                             progress=False)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warm start ")]
+    for side, spec in (("user_tower", grown.user_spec), ("item_tower", grown.item_spec)):
+        old_spec = previous.user_spec if side == "user_tower" else previous.item_spec
+        for name, dim in spec.dims.items():
+            assert dim > old_spec.dims[name]  # every table grew ...
+            copied = f"warm start {side}.{name}: "
+            found = [line for line in lines if line.startswith(copied)]  # fit, then refit
+            assert found and all(
+                line.endswith(f" x {old_spec.dims[name]} of {dim} dims copied") for line in found
+            )  # ... and kept what it had
