@@ -58,6 +58,9 @@ class TrainSettings:
     teacher_weight: float = 1.0
     teacher_temperature: float = 0.05
     teacher_reg: float = 250.0  # EASE's L2 weight, as the baseline's
+    # An interactions field (``:float``, e.g. ``rating``) whose values weight each training
+    # example's term of the loss (normalised to mean 1 over the training rows); "" weighs all 1.
+    weight_field: str = ""
     refit: bool = True  # after early stopping, retrain on train + valid for the best epoch count
     seed: int = 0
     sparse_rows: int = 100_000  # embedding tables this big train with sparse gradients

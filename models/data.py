@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
@@ -80,6 +80,8 @@ class Interactions:
     user_ids: np.ndarray
     item_ids: np.ndarray
     timestamps: np.ndarray
+    # every other ``:float`` field (e.g. ``rating``), float64 [n], NaN where not a number
+    numbers: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -363,8 +365,14 @@ def _interactions(
             )
     else:
         logger.info("%s has no timestamp field; leave-last-out falls back to line order", path)
+    numbers = {
+        name: _floats(columns[name])
+        for name, kind in fields.items()
+        if kind == "float" and name != "timestamp"
+    }
     return Interactions(
         np.array(columns["user_id"], dtype=object),
         np.array(columns["item_id"], dtype=object),
         timestamps,
+        numbers,
     )

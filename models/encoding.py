@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ class EncodedData:
     inter_items: np.ndarray  # [n] int64
     timestamps: np.ndarray  # [n] float64
     item_tokens: np.ndarray  # [I] int64
+    inter_numbers: dict[str, np.ndarray] = field(default_factory=dict)  # [n] float64 per field
 
     @property
     def n_users(self) -> int:
@@ -112,6 +113,7 @@ def encode_dataset(
         inter_items=np.fromiter((item_row[i] for i in inter.item_ids), np.int64, len(inter)),
         timestamps=np.asarray(inter.timestamps, dtype=np.float64),
         item_tokens=item_features[id_feature(item_spec)].copy(),
+        inter_numbers=dict(inter.numbers),
     )
 
 

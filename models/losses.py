@@ -13,6 +13,16 @@ from torch import Tensor
 LOSSES = ("pointwise", "pairwise-hinge", "pairwise-logistic", "listwise")
 
 
+def _weighted_mean(per_row: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of ``per_row [batch]``, each row weighted by ``weights [batch]`` when given:
+    ``sum(w * l) / sum(w)``, so weights of all 1 give the plain mean."""
+    if weights is None:
+        return per_row.mean()
+    _check_shape("weights", weights, tuple(per_row.shape))
+    weights = weights.to(per_row.dtype)
+    return (weights * per_row).sum() / weights.sum().clamp(min=torch.finfo(per_row.dtype).tiny)
+
+
 def _check_temperature(temperature: float) -> None:
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
@@ -42,34 +52,52 @@ def _triplet_scores(
 
 
 def pointwise_bce(
-    user_vectors: Tensor, pos_vectors: Tensor, neg_vectors: Tensor, temperature: float
+    user_vectors: Tensor,
+    pos_vectors: Tensor,
+    neg_vectors: Tensor,
+    temperature: float,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Mean binary cross-entropy over all `batch * (1 + n)` labelled pairs, logits = dot / T."""
+    """Mean binary cross-entropy over all `batch * (1 + n)` labelled pairs, logits = dot / T
+    (with `weights [batch]`, each row's `1 + n` pairs weigh its weight: see `_weighted_mean`)."""
     _check_temperature(temperature)
     pos_scores, neg_scores = _triplet_scores(user_vectors, pos_vectors, neg_vectors)
     logits = torch.cat([pos_scores.unsqueeze(1), neg_scores], dim=1) / temperature
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1.0
-    return F.binary_cross_entropy_with_logits(logits, labels)
+    per_pair = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return _weighted_mean(per_pair.mean(dim=1), weights)
 
 
 def pairwise_hinge(
-    user_vectors: Tensor, pos_vectors: Tensor, neg_vectors: Tensor, margin: float = 0.2
+    user_vectors: Tensor,
+    pos_vectors: Tensor,
+    neg_vectors: Tensor,
+    margin: float = 0.2,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Mean over `batch * n` pairs of `relu(margin - s_pos + s_neg)`, s = cosine."""
+    """Mean over `batch * n` pairs of `relu(margin - s_pos + s_neg)`, s = cosine (rows
+    weighted by `weights [batch]` when given)."""
     if not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number, got {margin}")
     pos_scores, neg_scores = _triplet_scores(user_vectors, pos_vectors, neg_vectors)
-    return F.relu(margin - pos_scores.unsqueeze(1) + neg_scores).mean()
+    per_pair = F.relu(margin - pos_scores.unsqueeze(1) + neg_scores)
+    return _weighted_mean(per_pair.mean(dim=1), weights)
 
 
 def pairwise_logistic(
-    user_vectors: Tensor, pos_vectors: Tensor, neg_vectors: Tensor, temperature: float
+    user_vectors: Tensor,
+    pos_vectors: Tensor,
+    neg_vectors: Tensor,
+    temperature: float,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Mean over `batch * n` pairs of `softplus(-(s_pos - s_neg) / T)` (BPR with temperature)."""
+    """Mean over `batch * n` pairs of `softplus(-(s_pos - s_neg) / T)` (BPR with temperature;
+    rows weighted by `weights [batch]` when given)."""
     _check_temperature(temperature)
     pos_scores, neg_scores = _triplet_scores(user_vectors, pos_vectors, neg_vectors)
-    return F.softplus(-(pos_scores.unsqueeze(1) - neg_scores) / temperature).mean()
+    per_pair = F.softplus(-(pos_scores.unsqueeze(1) - neg_scores) / temperature)
+    return _weighted_mean(per_pair.mean(dim=1), weights)
 
 
 def _log_q_offset(name: str, log_q: Tensor | None, size: int, like: Tensor) -> Tensor:
@@ -109,8 +137,10 @@ def sampled_softmax(
     hard_item_rows: Tensor | None = None,
     remove_accidental_hits: bool = True,
     negative_mask: Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Mean softmax cross-entropy of each row's positive against all candidate columns.
+    """Mean softmax cross-entropy of each row's positive against all candidate columns (rows
+    weighted by `weights [batch]` when given).
 
     Columns: the batch's positives `[batch]` (in-batch negatives), optional shared sampled
     negatives `neg_vectors [m, dim]`, optional per-row hard negatives `hard_vectors
@@ -175,7 +205,9 @@ def sampled_softmax(
         masked[:, :batch].fill_diagonal_(0)  # the target column is never masked
         logits = logits.add(masked, alpha=torch.finfo(logits.dtype).min / 2)
     targets = torch.arange(batch, device=logits.device)
-    return F.cross_entropy(logits, targets)
+    if weights is None:
+        return F.cross_entropy(logits, targets)
+    return _weighted_mean(F.cross_entropy(logits, targets, reduction="none"), weights)
 
 
 def distillation(

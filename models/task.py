@@ -13,6 +13,7 @@ from torch import Tensor
 
 from models import losses
 from models.config import TrainSettings
+from models.encoding import EncodedData
 from models.evaluate import interaction_matrix
 from models.inputs import Inputs, TowerInputs, gather_ranges
 from models.sampling import PopularitySampler, UniformSampler, hard_negatives, in_batch_log_q
@@ -93,6 +94,27 @@ class KnownItems:
         return known.view(len(distinct_users), len(columns)).index_select(0, user_of_row)
 
 
+def entry_weights(data: EncodedData, source_rows: np.ndarray, name: str) -> Tensor | None:
+    """Each training entry's loss weight from the interactions field ``name`` (mean 1), or
+    None without one. Values must be finite and >= 0, with a positive sum."""
+    if not name:
+        return None
+    if name not in data.inter_numbers:
+        raise ValueError(
+            f"[train] weight_field {name!r} is not a float field of the interactions; "
+            f"float fields: {sorted(data.inter_numbers)}"
+        )
+    values = data.inter_numbers[name][source_rows]
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
+    if len(bad) or values.sum() <= 0:
+        where = f"{len(bad)} training rows (first: interaction row {source_rows[bad[0]]})"
+        raise ValueError(
+            f"[train] weight_field {name!r}: {where if len(bad) else 'all weights are 0'}; "
+            "weights must be finite numbers >= 0 with a positive sum"
+        )
+    return torch.from_numpy(values / values.mean()).float()
+
+
 class TwoTowerTrainTask:
     """Turns one batch of training entries into a loss value for the configured loss."""
 
@@ -116,6 +138,9 @@ class TwoTowerTrainTask:
         self.pos_log_q = (
             settings.log_q_weight * in_batch_log_q(counts, torch.arange(len(counts)))
         ).to(device)
+        self.weights = entry_weights(data, inputs.histories.source_rows, settings.weight_field)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
         self.known = KnownItems(entry_users, entry_items, data.n_users, data.n_items, device)
         self.item_cache: Tensor | None = None  # for hard negatives, refreshed every epoch
         self.teacher: EaseTeacher | None = None
@@ -166,6 +191,7 @@ class TwoTowerTrainTask:
     def task_loss(self, entries: Tensor, users: Tensor) -> Tensor:
         s, model, batch = self.settings, self.model, len(entries)
         pos_rows = self.entry_items[entries]
+        weights = None if self.weights is None else self.weights[entries]
         user_vecs = self.user_vectors(self.inputs.users(users, entries))
         temperature = model.config.temperature
         if s.loss != "listwise":
@@ -174,10 +200,10 @@ class TwoTowerTrainTask:
             pos_vecs = item_vecs[:batch]
             neg_vecs = item_vecs[batch:].view(batch, s.num_negatives, -1)
             if s.loss == "pointwise":
-                return losses.pointwise_bce(user_vecs, pos_vecs, neg_vecs, temperature)
+                return losses.pointwise_bce(user_vecs, pos_vecs, neg_vecs, temperature, weights)
             if s.loss == "pairwise-hinge":
-                return losses.pairwise_hinge(user_vecs, pos_vecs, neg_vecs, s.margin)
-            return losses.pairwise_logistic(user_vecs, pos_vecs, neg_vecs, temperature)
+                return losses.pairwise_hinge(user_vecs, pos_vecs, neg_vecs, s.margin, weights)
+            return losses.pairwise_logistic(user_vecs, pos_vecs, neg_vecs, temperature, weights)
         kwargs: dict[str, Tensor | None] = {}
         columns = pos_rows
         if s.log_q:
@@ -222,5 +248,6 @@ class TwoTowerTrainTask:
             temperature,
             remove_accidental_hits=remove_hits,
             negative_mask=mask,
+            weights=weights,
             **kwargs,  # type: ignore[arg-type]
         )

@@ -253,3 +253,41 @@ def test_distillation_gradients_are_finite_with_masked_columns() -> None:
 def test_distillation_rejects_teacher_rows_of_another_shape() -> None:
     with pytest.raises(ValueError, match="teacher_probs"):
         distillation(t([[1.0, 0.0]]), CATALOGUE, t([[0.5, 0.5]]), 1.0)
+
+
+def _vectors(batch: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    unit = [torch.nn.functional.normalize(torch.randn(*s, 4, generator=g), dim=-1)
+            for s in ((batch,), (batch,), (batch, n))]  # fmt: skip
+    return unit[0], unit[1], unit[2]
+
+
+WEIGHTED = {
+    "pointwise": lambda u, p, n, w: pointwise_bce(u, p, n, 0.5, w),
+    "pairwise-hinge": lambda u, p, n, w: pairwise_hinge(u, p, n, 0.2, w),
+    "pairwise-logistic": lambda u, p, n, w: pairwise_logistic(u, p, n, 0.5, w),
+    "listwise": lambda u, p, n, w: sampled_softmax(
+        u,
+        p,
+        torch.arange(len(u)),
+        0.5,
+        neg_vectors=n[0],
+        neg_item_rows=torch.arange(10, 13),
+        weights=w,
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("loss", sorted(WEIGHTED))
+def test_weights_make_the_loss_the_weighted_mean_of_the_rows_terms(loss: str) -> None:
+    """sum(w_i * l_i) / sum(w_i), where l_i is row i's term (what a weight of 1 on row i alone
+    gives); weights of all 1 give the unweighted loss."""
+    fn, (users, pos, neg) = WEIGHTED[loss], _vectors(4, 3, seed=1)
+    rows = [fn(users, pos, neg, torch.eye(4)[i]).item() for i in range(4)]
+    weights = torch.tensor([0.5, 2.0, 0.0, 1.5])
+    expected = sum(w * r for w, r in zip(weights.tolist(), rows, strict=True)) / 4.0
+    assert fn(users, pos, neg, weights).item() == pytest.approx(expected, rel=1e-5)
+    assert fn(users, pos, neg, torch.ones(4)).item() == pytest.approx(
+        fn(users, pos, neg, None).item(), rel=1e-6
+    )
+    assert len(set(rows)) == 4  # the rows differ, so a weight that did nothing would show

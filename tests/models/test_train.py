@@ -378,3 +378,24 @@ def test_training_with_the_teacher_moves_the_model_towards_it(prepared: Prepared
         with torch.no_grad():
             distances[weight] = teacher_task(prepared, model.eval()).teacher_loss(users).item()
     assert distances[5.0] < distances[0.0]
+
+
+def test_a_weight_field_weighs_each_entry_by_its_interaction_value(prepared: Prepared) -> None:
+    p = prepared.inputs
+    task = TwoTowerTrainTask(prepared.model(), p, prepared.settings(weight_field="rating"), 0)
+    ratings = p.data.inter_numbers["rating"][p.histories.source_rows]
+    assert task.weights is not None and len(set(ratings.tolist())) > 1
+    np.testing.assert_allclose(task.weights.numpy(), ratings / ratings.mean(), rtol=1e-6)
+    assert TwoTowerTrainTask(prepared.model(), p, prepared.settings(), 0).weights is None
+    with pytest.raises(ValueError, match=r"weight_field 'stars'.*\['rating'\]"):
+        TwoTowerTrainTask(prepared.model(), p, prepared.settings(weight_field="stars"), 0)
+
+
+def test_weights_must_be_finite_and_not_negative(prepared: Prepared) -> None:
+    p = prepared.inputs
+    data = dataclasses.replace(p.data, inter_numbers={"rating": p.data.inter_numbers["rating"]})
+    data.inter_numbers["rating"] = data.inter_numbers["rating"].copy()
+    data.inter_numbers["rating"][p.histories.source_rows[3]] = -1.0
+    inputs = Inputs(data, p.histories, p.user_spec, p.item_spec)
+    with pytest.raises(ValueError, match="1 training rows.*finite numbers >= 0"):
+        TwoTowerTrainTask(prepared.model(), inputs, prepared.settings(weight_field="rating"), 0)
