@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from models.config import TrainConfig
 from models.encoding import id_feature
-from models.features import FeatureDef, FeatureSpec
+from models.features import HISTORY_KINDS, FeatureDef, FeatureSpec
 from models.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _row_pairs(
             )
         rows = list(range(len(feature.boundaries) + 2))
         return rows, rows
-    if feature.kind == "history":
+    if feature.kind in HISTORY_KINDS:
         old_vocab, new_vocab = item_vocabs
     else:
         old_vocab, new_vocab = old_spec.vocabs[feature.name], new_spec.vocabs[feature.name]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from models.data import PROTOCOLS
-from models.features import FeatureConfigError, FeatureDef
+from models.features import HISTORY_KINDS, FeatureConfigError, FeatureDef
 from models.losses import LOSSES
 from models.teacher import TEACHERS
 from models.two_tower import ModelConfig
@@ -160,8 +160,10 @@ class TrainConfig:
             names = [f.name for f in feats]
             if len(set(names)) != len(names):
                 raise FeatureConfigError(f"{side}_features has duplicate names: {names}")
-        if any(f.kind == "history" for f in self.item_features):
-            raise FeatureConfigError("history is a user feature; remove it from item_features")
+        if any(f.kind in HISTORY_KINDS for f in self.item_features):
+            raise FeatureConfigError(
+                "history and sequence are user features; remove them from item_features"
+            )
 
     def with_train(self, **changes: Any) -> TrainConfig:
         """A copy with some training knobs changed (command-line overrides)."""

@@ -19,7 +19,7 @@ from models.artifact import Artifact, load_artifact, save_artifact, warm_start
 from models.config import TrainConfig
 from models.data import RawDataset, Split, load_dataset, make_split
 from models.encoding import EncodedData, Histories, encode_dataset, fit_specs, id_feature
-from models.features import UNKNOWN, FeatureSpec
+from models.features import HISTORY_KINDS, UNKNOWN, FeatureSpec
 from models.inputs import Inputs
 from models.plots import plot_recall_curve, plot_training_curve
 from models.scoreboard import Scoreboard, interactions, model_metrics
@@ -99,11 +99,11 @@ def run_training(
     """
     config = config.for_split(protocol)  # a no-op when the caller has applied it
     if protocol not in TEMPORAL_PROTOCOLS and any(
-        f.kind == "history" for f in config.user_features
+        f.kind in HISTORY_KINDS for f in config.user_features
     ):
         log.info("protocol %s is not time-ordered: the history feature is left out", protocol)
         config = replace(
-            config, user_features=[f for f in config.user_features if f.kind != "history"]
+            config, user_features=[f for f in config.user_features if f.kind not in HISTORY_KINDS]
         )
     settings = config.train
     if settings.threads:

@@ -19,8 +19,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-Kind = Literal["id", "categorical", "multi_hot", "numeric", "bucket", "history"]
-KINDS: tuple[str, ...] = ("id", "categorical", "multi_hot", "numeric", "bucket", "history")
+Kind = Literal["id", "categorical", "multi_hot", "numeric", "bucket", "history", "sequence"]
+KINDS: tuple[str, ...] = (
+    "id",
+    "categorical",
+    "multi_hot",
+    "numeric",
+    "bucket",
+    "history",
+    "sequence",
+)
+# A user's items in time order: ``history`` mean-pools them, ``sequence`` reads them in order
+# (models.sequence). Both come from interactions, not from the user table.
+HISTORY_KINDS = ("history", "sequence")
+ENCODERS = ("attention", "gru")
 UNKNOWN = 0
 ONE_HOT_KINDS = ("categorical", "bucket")
 
@@ -41,12 +53,21 @@ class FeatureDef:
     prefix: int = 0  # categorical: keep only the first `prefix` characters
     max_len: int = 50  # multi_hot / history: longest kept list (history keeps the latest)
     dim: int = 0  # embedding size; 0 picks one from the cardinality
+    encoder: str = "attention"  # sequence: attention (causal self-attention) | gru
+    blocks: int = 2  # sequence, attention: blocks of self-attention + feed-forward
+    heads: int = 1  # sequence, attention: heads (must divide the embedding size)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise FeatureConfigError(f"feature {self.name!r}: kind {self.kind!r} not in {KINDS}")
         if self.kind == "bucket" and list(self.boundaries) != sorted(self.boundaries):
             raise FeatureConfigError(f"feature {self.name!r}: boundaries must be sorted")
+        if self.kind == "sequence" and self.encoder not in ENCODERS:
+            raise FeatureConfigError(
+                f"feature {self.name!r}: encoder {self.encoder!r} not in {ENCODERS}"
+            )
+        if self.kind == "sequence" and (self.blocks < 1 or self.heads < 1 or self.max_len < 1):
+            raise FeatureConfigError(f"feature {self.name!r}: blocks, heads, max_len must be >= 1")
         if self.kind == "numeric" and self.transform not in ("zscore", "log"):
             raise FeatureConfigError(f"feature {self.name!r}: transform must be zscore or log")
 
@@ -108,7 +129,7 @@ class FeatureSpec:
 
     def cardinality(self, feature: FeatureDef, item_vocab_size: int = 0) -> int:
         """Rows of the embedding table, unknown/padding row included."""
-        if feature.kind == "history":
+        if feature.kind in HISTORY_KINDS:
             return item_vocab_size + 1
         if feature.kind == "bucket":
             return len(feature.boundaries) + 2
@@ -177,8 +198,8 @@ class FeatureSpec:
         """Encode ``n`` entities from raw columns (missing columns encode as unknown)."""
         out: dict[str, np.ndarray] = {}
         for feature in self.features:
-            if feature.kind == "history":
-                continue  # built from interactions, see encode_history
+            if feature.kind in HISTORY_KINDS:
+                continue  # built from interactions (models.inputs)
             values = columns.get(feature.source)
             if values is None:
                 values = [None] * n
@@ -191,7 +212,7 @@ class FeatureSpec:
         Returns ``{name: array with a leading batch axis of 1}`` for the named features only;
         unknown names raise ``KeyError`` naming them. History is not encoded here.
         """
-        names = {f.name: f for f in self.features if f.kind != "history"}
+        names = {f.name: f for f in self.features if f.kind not in HISTORY_KINDS}
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise KeyError(f"unknown {self.side} features {unknown}; declared: {sorted(names)}")

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.features import UNKNOWN, FeatureSpec
+from models.features import HISTORY_KINDS, UNKNOWN, FeatureSpec
 
 if TYPE_CHECKING:  # models.encoding imports the config, which imports the towers
     from models.encoding import EncodedData, Histories
 
-POOLED = ("multi_hot", "history")
+POOLED = ("multi_hot", "history")  # mean-pooled lists; a sequence is a Bag read in order
+LISTS = (*POOLED, "sequence")  # kinds whose inputs are Bags
 
 
 class Bag(NamedTuple):
@@ -120,7 +121,7 @@ class FeatureTable:
         self.columns: dict[str, Tensor] = {}
         self.lists: dict[str, Ragged] = {}
         for feature in spec.features:
-            if feature.kind == "history":
+            if feature.kind in HISTORY_KINDS:
                 continue
             if feature.kind == "multi_hot":
                 self.lists[feature.name] = Ragged.from_padded(arrays[feature.name]).to(device)
@@ -195,7 +196,7 @@ class Inputs:
     ):
         self.data, self.histories, self.device = data, histories, torch.device(device)
         self.user_spec, self.item_spec = user_spec, item_spec
-        self.history_features = [(f.name, f.max_len) for f in user_spec.of_kind("history")]
+        self.history_features = [(f.name, f.max_len) for f in user_spec.of_kind(*HISTORY_KINDS)]
         self.user_table = FeatureTable(user_spec, data.user_features, device)
         self.item_table = FeatureTable(item_spec, data.item_features, device)
         self.history = HistoryTable(histories.offsets, histories.items, data.item_tokens, device)

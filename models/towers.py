@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import sequence
 from models.features import UNKNOWN, FeatureSpec
-from models.inputs import POOLED, Bag, Pooled, TowerInputs, gather_ranges
+from models.inputs import LISTS, POOLED, Bag, Pooled, TowerInputs, gather_ranges
+from models.sequence import SequenceEncoder
 
 
 def pool(bag: Bag, weight: Tensor, sparse: bool = False) -> Tensor:
@@ -154,6 +156,7 @@ class Tower(nn.Module):
         self.history_dropout = history_dropout
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.embeddings = nn.ModuleDict()
+        self.encoders = nn.ModuleDict()  # sequence features: their causal encoders
         width = 0
         for feature in spec.features:
             if feature.kind == "numeric":
@@ -161,7 +164,7 @@ class Tower(nn.Module):
                 continue
             rows = spec.cardinality(feature, item_vocab_size)
             dim = spec.dims[feature.name]
-            pad = 0 if feature.kind in POOLED else None
+            pad = 0 if feature.kind in LISTS else None
             table = nn.Embedding(rows, dim, padding_idx=pad)
             nn.init.normal_(table.weight, std=0.05)
             if feature.name in spec.one_hot:  # a fixed identity: row r is the r-th unit vector
@@ -172,6 +175,10 @@ class Tower(nn.Module):
                 with torch.no_grad():
                     table.weight[pad].zero_()
             self.embeddings[feature.name] = table
+            if feature.kind == "sequence":
+                self.encoders[feature.name] = SequenceEncoder(
+                    dim, feature.max_len, feature.encoder, feature.blocks, feature.heads
+                )
             width += dim
         layers: list[nn.Module] = [Dropout(dropout, self.rng)]  # on the concatenated embeddings
         for size in hidden:
@@ -194,6 +201,12 @@ class Tower(nn.Module):
                 continue
             table = self.embeddings[feature.name]
             assert isinstance(table, nn.Embedding)
+            if feature.kind == "sequence":
+                assert isinstance(value, Bag)
+                encoder = self.encoders[feature.name]
+                assert isinstance(encoder, SequenceEncoder)
+                parts.append(sequence.encode(value, table.weight, encoder))
+                continue
             if feature.kind in POOLED:
                 assert isinstance(value, Bag)
                 if feature.kind == "history" and self.training and self.history_dropout > 0:
@@ -219,6 +232,8 @@ class FrozenTower:
 
     def __init__(self, tower: Tower):
         self.features: list[tuple[str, str, Tensor | None]] = []
+        # A sequence encoder runs as its module (it has no dropout: the same in both modes).
+        self.encoders = dict(tower.encoders.items())
         for feature in tower.spec.features:
             table = tower.embeddings[feature.name] if feature.kind != "numeric" else None
             weight = table.weight.detach() if isinstance(table, nn.Embedding) else None
@@ -240,6 +255,11 @@ class FrozenTower:
             if weight is None:
                 assert isinstance(value, Tensor)
                 parts.append(value.float())
+            elif kind == "sequence":
+                assert isinstance(value, Bag)
+                encoder = self.encoders[name]
+                assert isinstance(encoder, SequenceEncoder)
+                parts.append(sequence.encode(value, weight, encoder))
             elif kind in POOLED:
                 assert isinstance(value, Bag)
                 parts.append(pool(value, weight))

@@ -16,6 +16,7 @@ import torch
 
 from index_builder.snapshot import LoadedSnapshot
 from models.encoding import id_feature
+from models.features import HISTORY_KINDS
 from models.inputs import FeatureTable, Ragged, history_tokens
 from models.towers import FrozenTower
 from service.errors import Code, ServiceError
@@ -42,8 +43,8 @@ class UserEncoder:
         spec = snapshot.artifact.user_spec
         self.spec = spec
         self.id_name = id_feature(spec)
-        self.history_features = [(f.name, f.max_len) for f in spec.of_kind("history")]
-        self.profile_names = [f.name for f in spec.features if f.kind != "history"]
+        self.history_features = [(f.name, f.max_len) for f in spec.of_kind(*HISTORY_KINDS)]
+        self.profile_names = [f.name for f in spec.features if f.kind not in HISTORY_KINDS]
         self.history_names = [name for name, _ in self.history_features]
         self.blank = spec.encode({}, 1)  # every profile feature unknown
         self.tower = FrozenTower(snapshot.artifact.model.user_tower)  # same vectors, less overhead

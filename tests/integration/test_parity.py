@@ -55,8 +55,10 @@ def add_fresh_items(folder: Path, users: list[str]) -> None:
     inter.write_text("\n".join([*lines, *extra]) + "\n")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+@pytest.fixture(scope="module", params=["history", "sequence"])
+def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> World:
+    """The ml-100k features on a small catalogue, the user's items mean-pooled (``history``) or
+    read in order by the causal self-attention encoder (``sequence``)."""
     base = tmp_path_factory.mktemp("parity")
     folder = write_synthetic(base / "par", 60, 80, 1800, seed=3, clusters=4, progress=False)
     counts: dict[str, int] = {}
@@ -71,7 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     raw["train"] = {"epochs": 2, "batch_size": 64, "refit": False}
     for feature in raw["user_features"]:
         if feature["kind"] == "history":
-            feature["max_len"] = MAX_LEN
+            feature.update(kind=request.param, max_len=MAX_LEN)
     config = TrainConfig.from_dict(raw)
     run_training(config, "leave-last-out", base / "artifact", progress=False)
     snapshots = base / "snapshots"
