@@ -151,17 +151,25 @@ def specs(item_ids: list[str]) -> tuple[FeatureSpec, FeatureSpec]:
     return user.fit({}, ["u1", "u2"], item_vocab_size=len(item.vocabs["item_id"])), item
 
 
-def test_warm_start_copies_rows_for_shared_ids_only(tmp_path: Path) -> None:
+def warm_started(
+    old_specs: tuple[FeatureSpec, FeatureSpec], new_specs: tuple[FeatureSpec, FeatureSpec]
+) -> tuple[TwoTower, TwoTower, dict[str, Tensor], dict[str, int]]:
+    """(old model, new model warm-started from it, the new one's weights before, rows copied)."""
     config = ModelConfig(hidden=[8], dim=4)
+    torch.manual_seed(0)
+    old = TwoTower(config, *old_specs)
+    torch.manual_seed(1)
+    new = TwoTower(config, *new_specs)
+    fresh = {name: value.clone() for name, value in new.state_dict().items()}
+    train_config = TrainConfig("x", "", old_specs[0].features, old_specs[1].features, config)
+    copied = warm_start(new, Artifact(old, train_config, *old_specs))
+    return old, new, fresh, copied
+
+
+def test_warm_start_copies_rows_for_shared_ids_only(tmp_path: Path) -> None:
     old_user, old_item = specs(["a", "b", "c"])  # rows a=1, b=2, c=3
     new_user, new_item = specs(["c", "d", "a"])  # rows c=1, d=2, a=3
-    torch.manual_seed(0)
-    old = TwoTower(config, old_user, old_item)
-    torch.manual_seed(1)
-    new = TwoTower(config, new_user, new_item)
-    fresh = {name: value.clone() for name, value in new.state_dict().items()}
-    train_config = TrainConfig("x", "", old_user.features, old_item.features, config)
-    copied = warm_start(new, Artifact(old, train_config, old_user, old_item))
+    old, new, fresh, copied = warm_started((old_user, old_item), (new_user, new_item))
 
     assert copied == {"user_tower.user_id": 2, "user_tower.history": 2, "item_tower.item_id": 2}
     for table in ("item_tower.embeddings.item_id.weight", "user_tower.embeddings.history.weight"):
@@ -176,18 +184,11 @@ def test_warm_start_copies_rows_for_shared_ids_only(tmp_path: Path) -> None:
 def test_warm_start_keeps_the_shared_dimensions_of_a_grown_table() -> None:
     """Sizes chosen from a grown catalogue: rows and the first dimensions carry over, and the
     first layer keeps each feature's part of its input (issue: tables were dropped silently)."""
-    config = ModelConfig(hidden=[8], dim=4)
     old_user, old_item = specs(["a", "b", "c"])
     new_user, new_item = specs(["a", "b", "c", "d"])
     for spec, dim in ((old_user, 3), (old_item, 3), (new_user, 5), (new_item, 5)):
         spec.dims = {name: dim for name in spec.dims}
-    torch.manual_seed(0)
-    old = TwoTower(config, old_user, old_item)
-    torch.manual_seed(1)
-    new = TwoTower(config, new_user, new_item)
-    fresh = {name: value.clone() for name, value in new.state_dict().items()}
-    train_config = TrainConfig("x", "", old_user.features, old_item.features, config)
-    copied = warm_start(new, Artifact(old, train_config, old_user, old_item))
+    old, new, fresh, copied = warm_started((old_user, old_item), (new_user, new_item))
 
     assert copied == {"user_tower.user_id": 2, "user_tower.history": 3, "item_tower.item_id": 3}
     old_state, new_state = old.state_dict(), new.state_dict()
