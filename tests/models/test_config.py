@@ -75,7 +75,11 @@ lit = re.escape
             "item_features",
         ),
         (lit('name = "gender"'), 'name = "age"', "duplicate names"),
-        (lit('"release_year"\nkind = "numeric"'), '"h"\nkind = "history"', "history is a user"),
+        (
+            lit('"release_year"\nkind = "numeric"'),
+            '"h"\nkind = "history"',
+            "history and sequence are user features",
+        ),
         (lit('name = "gender"\nkind = "categorical"'), 'name = "g"\nkind = "id"', "exactly one"),
         (r"^\[dataset\]$", "[dataset", "edited.toml"),
         (r"^loss = .*$", 'loss = "list-wise"', "loss 'list-wise' is not one of"),
